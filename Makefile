@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# shadowpt: out-of-tree Rust module + its QEMU test guest.
+#
+#   make              build shadowpt.ko (sets up tools and the test kernel if missing)
+#   make run          the demo: boot the guest, load the module, show what it does
+#   make check        everything: host checks, harness self-tests, guest test suite
+#   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
+#
+# See README.md for the environment variables.
+
+# Kbuild reads ./Kbuild, not this file, when it builds the module.
+
+SHELL := /bin/bash
+TOP := $(CURDIR)
+SCRIPTS := $(TOP)/scripts
+QT := $(TOP)/qemu-test
+OUT := $(QT)/out
+INITRAMFS := $(OUT)/initramfs.cpio.gz
+GUEST_BIN := $(OUT)/guest-target/x86_64-unknown-linux-gnu/release/sptest
+CACHE_ENV = source $(SCRIPTS)/env.sh
+
+ifeq ($(KDIR),)
+# The cached test kernel: built by scripts/build-kernel, toolchain from scripts/setup.
+OWN_KERNEL := 1
+KDIR = $(shell $(SCRIPTS)/build-kernel --dir)
+KMAKE_VARS = ARCH=x86_64 RUSTC=$${SHADOWPT_RUSTC} HOSTRUSTC=$${SHADOWPT_RUSTC} \
+	BINDGEN=$${SHADOWPT_BINDGEN}
+else
+OWN_KERNEL := 0
+KMAKE_VARS =
+endif
+
+.PHONY: all modules setup kernel guest initramfs run check selftest clean help
+
+all: modules
+
+help:
+	@sed -n '3,10p' Makefile
+
+setup:
+	@$(SCRIPTS)/setup
+
+ifeq ($(OWN_KERNEL),1)
+kernel: setup
+	@$(SCRIPTS)/build-kernel >/dev/null
+else
+kernel:
+	@test -f $(KDIR)/Module.symvers || { echo "KDIR=$(KDIR) is not a built kernel tree"; exit 1; }
+endif
+
+modules: kernel
+	@$(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) modules
+	@$(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(QT)/modules $(KMAKE_VARS) modules
+
+guest:
+	@cd $(QT)/guest && RUSTFLAGS="-C target-feature=+crt-static" \
+		cargo build --quiet --release --locked --target x86_64-unknown-linux-gnu \
+		--target-dir $(OUT)/guest-target
+
+initramfs: modules guest
+	@$(QT)/mkinitramfs $(KDIR) $(INITRAMFS)
+
+run: initramfs
+	@$(QT)/demo
+
+check: initramfs
+	@$(QT)/check
+
+selftest: initramfs
+	@$(QT)/selftest
+
+clean:
+	@if [ -d "$(KDIR)" ]; then $(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) clean; fi
+	@if [ -d "$(KDIR)" ]; then $(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(QT)/modules $(KMAKE_VARS) clean; fi
+	rm -rf $(OUT)

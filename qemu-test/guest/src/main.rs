@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! shadowpt guest tests.
+//!
+//! One static binary; each test is a symlink `/tests/<name>` to it (dispatch on argv[0]), or
+//! `sptest <name>`. A test prints what it checks and exits 0 on success, non-zero on failure.
+
+mod lifecycle;
+mod util;
+
+use std::process::exit;
+
+/// A guest test: name and entry point. Tests return `Err(message)` on failure.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(&[String]) -> Result<(), String>,
+}
+
+const TESTS: &[Test] = &[
+    Test { name: "module_load_unload", run: lifecycle::load_unload },
+    Test { name: "open_close_processes", run: lifecycle::open_close_processes },
+    Test { name: "unload_while_open", run: lifecycle::unload_while_open },
+    // Harness self-test (qemu-test/selftest): must make the run fail.
+    Test { name: "harness_fail", run: |_| Err("failing on purpose (harness self-test)".into()) },
+    // Helper entry point used by open_close_processes, not a test on its own.
+    Test { name: "child_open_close", run: lifecycle::child_open_close },
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args.first().map(String::as_str).unwrap_or("sptest");
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    let (name, rest) = if base == "sptest" {
+        match args.get(1) {
+            Some(n) => (n.as_str(), &args[2..]),
+            None => {
+                eprintln!("usage: sptest TEST [ARGS]\ntests:");
+                for t in TESTS {
+                    eprintln!("  {}", t.name);
+                }
+                exit(2);
+            }
+        }
+    } else {
+        (base, &args[1..])
+    };
+    let Some(test) = TESTS.iter().find(|t| t.name == name) else {
+        eprintln!("sptest: no test named {name}");
+        exit(2);
+    };
+    match (test.run)(rest) {
+        Ok(()) => {
+            println!("{name}: ok");
+        }
+        Err(msg) => {
+            eprintln!("{name}: FAILED: {msg}");
+            exit(1);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+# SPDX-License-Identifier: GPL-2.0
+# Shared settings for shadowpt's scripts. Source it; every value can be
+# overridden from the environment (see README.md, "Environment").
+
+: "${SHADOWPT_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/shadowpt}"
+: "${SHADOWPT_RUSTC:=/usr/bin/rustc}"
+: "${SHADOWPT_RUST_SRC:=/usr/lib/rustlib/src/rust}"
+: "${LIBCLANG_PATH:=/usr/lib/llvm-19/lib}"
+BINDGEN_VERSION=0.72.1
+: "${SHADOWPT_BINDGEN:=$SHADOWPT_CACHE/tools/bin/bindgen}"
+export SHADOWPT_CACHE SHADOWPT_RUSTC SHADOWPT_RUST_SRC LIBCLANG_PATH SHADOWPT_BINDGEN
