@@ -6,6 +6,8 @@
 #   make run          the demo: boot the guest, load the module, show what it does
 #   make check        everything: host checks, harness self-tests, guest test suite
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
+#   make check-series every prefix of patches/ applies and builds (slow)
+#   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
 #
 # See README.md for the environment variables.
 
@@ -31,12 +33,13 @@ OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules setup kernel guest initramfs run check selftest clean help
+.PHONY: all modules setup kernel guest initramfs run check selftest check-series compare-hmm \
+	clean help
 
 all: modules
 
 help:
-	@sed -n '3,10p' Makefile
+	@sed -n '3,12p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -69,6 +72,14 @@ check: initramfs
 
 selftest: initramfs
 	@$(QT)/selftest
+
+# Slow maintainer checks, not part of `make check`: every prefix of patches/
+# builds; hmm-tests give the same results with and without the series.
+check-series: setup
+	@$(SCRIPTS)/check-series
+
+compare-hmm: setup
+	@$(SCRIPTS)/compare-hmm-tests
 
 clean:
 	@if [ -d "$(KDIR)" ]; then $(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) clean; fi

@@ -5,7 +5,10 @@
 //! One static binary; each test is a symlink `/tests/<name>` to it (dispatch on argv[0]), or
 //! `sptest <name>`. A test prints what it checks and exits 0 on success, non-zero on failure.
 
+mod cptest;
+mod ksm;
 mod lifecycle;
+mod mem;
 mod util;
 
 use std::process::exit;
@@ -20,6 +23,7 @@ const TESTS: &[Test] = &[
     Test { name: "module_load_unload", run: lifecycle::load_unload },
     Test { name: "open_close_processes", run: lifecycle::open_close_processes },
     Test { name: "unload_while_open", run: lifecycle::unload_while_open },
+    Test { name: "change_pte_reachable", run: cptest::change_pte_reachable },
     // Harness self-test (qemu-test/selftest): must make the run fail.
     Test { name: "harness_fail", run: |_| Err("failing on purpose (harness self-test)".into()) },
     // Helper entry point used by open_close_processes, not a test on its own.
