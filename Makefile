@@ -26,14 +26,14 @@ ifeq ($(KDIR),)
 # The cached test kernel: built by scripts/build-kernel, toolchain from scripts/setup.
 OWN_KERNEL := 1
 KDIR = $(shell $(SCRIPTS)/build-kernel --dir)
-KMAKE_VARS = ARCH=x86_64 RUSTC=$${SHADOWPT_RUSTC} HOSTRUSTC=$${SHADOWPT_RUSTC} \
-	BINDGEN=$${SHADOWPT_BINDGEN}
+KMAKE_VARS = ARCH=x86_64 RUSTC=$${SHADOWPT_RUSTC} RUSTDOC=$${SHADOWPT_RUSTDOC} \
+	HOSTRUSTC=$${SHADOWPT_RUSTC} BINDGEN=$${SHADOWPT_BINDGEN}
 else
 OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules setup kernel guest initramfs run check selftest check-series compare-hmm \
+.PHONY: all modules test-modules setup kernel guest initramfs run check selftest check-series compare-hmm \
 	clean help
 
 all: modules
@@ -54,6 +54,9 @@ endif
 
 modules: kernel
 	@$(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) modules
+
+# Test-only modules (qemu-test/modules/): need the series' CONFIG_RUST_MMU_NOTIFIER.
+test-modules: kernel
 	@$(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(QT)/modules $(KMAKE_VARS) modules
 
 guest:
@@ -61,7 +64,7 @@ guest:
 		cargo build --quiet --release --locked --target x86_64-unknown-linux-gnu \
 		--target-dir $(OUT)/guest-target
 
-initramfs: modules guest
+initramfs: modules test-modules guest
 	@$(QT)/mkinitramfs $(KDIR) $(INITRAMFS)
 
 run: initramfs

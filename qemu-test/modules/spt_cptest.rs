@@ -18,8 +18,13 @@
 //! so a test can assert them exactly. `stats` prints the counters, `log` one line per `change_pte` call on a tracked entry:
 //! `address old_pfn old_writable new_pfn new_writable zero_page inside_start_end`.
 //!
-//! Lock order: `Control::attached` (mutex) -> `Tracker::state` (spinlock). Notifier callbacks
-//! only take the spinlock.
+//! The tracker copies the primary's new writability into its entry (it records the primary's
+//! transitions; it never accesses memory through its entries, so there is no secondary write
+//! to protect), and drops an entry that would follow the page to a new pfn while writable.
+//!
+//! Lock order: `Control::attached` (mutex) -> mmap lock (registration) / SRCU wait (dropping
+//! the registration) and -> `Tracker::state` (spinlock). Notifier callbacks only take the
+//! spinlock, never the mutex, so unregistering under the mutex cannot deadlock.
 
 use core::fmt;
 use kernel::{
@@ -79,8 +84,8 @@ struct State {
     /// The window `[win_start, win_end)` the counters cover.
     win_start: usize,
     win_end: usize,
-    entries: KVec<Entry>,
-    log: KVec<Event>,
+    entries: KVVec<Entry>,
+    log: KVVec<Event>,
     /// Invalidations in progress, and how many of them are flagged.
     in_progress: u32,
     flagged_in_progress: u32,
@@ -99,8 +104,9 @@ struct Tracker {
 
 impl Tracker {
     fn new(zap_mode: bool, win_start: usize, win_end: usize) -> Result<impl PinInit<Self, Error>> {
-        let entries = KVec::with_capacity(MAX_ENTRIES, GFP_KERNEL)?;
-        let log = KVec::with_capacity(MAX_LOG, GFP_KERNEL)?;
+        // About 1.5 MiB in all: vmalloc-backed, so fragmentation cannot fail the attach.
+        let entries = KVVec::with_capacity(MAX_ENTRIES, GFP_KERNEL)?;
+        let log = KVVec::with_capacity(MAX_LOG, GFP_KERNEL)?;
         Ok(try_pin_init!(Self {
             state <- new_spinlock!(State {
                 zap_mode,
@@ -272,6 +278,9 @@ fn control_write(ctl: &Control, reader: &mut UserSliceReader) -> Result {
                 let writable = parse_usize(words.next())? != 0;
                 let reg = attached.as_ref().ok_or(ENOENT)?;
                 let mut s = reg.state.lock();
+                if s.released {
+                    return Err(ESRCH);
+                }
                 if addr < s.win_start || addr >= s.win_end {
                     return Err(ERANGE);
                 }
