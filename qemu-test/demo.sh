@@ -21,4 +21,13 @@ echo "\$ ls /dev/shadowpt /sys/kernel/debug/shadowpt"
 ls /dev/shadowpt /sys/kernel/debug/shadowpt 2>&1 || true
 echo
 echo "The module registered /dev/shadowpt and its debugfs tree, and removed both on unload."
+echo
+echo "Is ->change_pte() reachable? A minimal notifier (spt_cptest.ko) tracks 64 pages that KSM"
+echo "merges and the process then writes; 'keep' honours the change_pte range flag, 'zap' ignores"
+echo "it like every notifier since 2012:"
+echo "\$ sptest change_pte_reachable"
+sptest change_pte_reachable
+echo
+echo "With the flag, every KSM write-protect/replace and COW break updates the entry in place;"
+echo "without it, the same calls find nothing to update (the dead code Linux 6.10 removed)."
 echo "==== end of demo ===="
