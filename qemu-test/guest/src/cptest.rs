@@ -18,7 +18,8 @@ const CTL: &str = "/sys/kernel/debug/spt_cptest/ctl";
 const N: usize = 64;
 
 fn control(cmd: &str) -> Result<(), String> {
-    fs::write(format!("{CTL}/control"), cmd).map_err(|e| format!("control {:?}: {e}", cmd.lines().next()))
+    fs::write(format!("{CTL}/control"), cmd)
+        .map_err(|e| format!("control {:?}: {e}", cmd.lines().next()))
 }
 
 fn stats() -> Result<HashMap<String, u64>, String> {
@@ -44,7 +45,10 @@ fn log() -> Result<Vec<Ev>, String> {
     let s = fs::read_to_string(format!("{CTL}/log")).map_err(|e| format!("log: {e}"))?;
     s.lines()
         .map(|l| {
-            let v: Vec<u64> = l.split(' ').map(|w| w.parse().unwrap_or(u64::MAX)).collect();
+            let v: Vec<u64> = l
+                .split(' ')
+                .map(|w| w.parse().unwrap_or(u64::MAX))
+                .collect();
             if v.len() != 7 || v.contains(&u64::MAX) {
                 return Err(format!("bad log line {l:?}"));
             }
@@ -67,9 +71,16 @@ fn expect_stats(when: &str, want: &[(&str, u64)]) -> Result<(), String> {
     let bad: Vec<String> = want
         .iter()
         .filter(|(k, v)| s.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k}={} (expected {v})", s.get(*k).map_or("missing".into(), |x| x.to_string())))
+        .map(|(k, v)| {
+            format!(
+                "{k}={} (expected {v})",
+                s.get(*k).map_or("missing".into(), |x| x.to_string())
+            )
+        })
         .collect();
-    check(bad.is_empty(), || format!("{when}: {}\nstats: {s:?}", bad.join(", ")))
+    check(bad.is_empty(), || {
+        format!("{when}: {}\nstats: {s:?}", bad.join(", "))
+    })
 }
 
 fn expect_log(when: &str, want: &[Ev]) -> Result<(), String> {
@@ -98,7 +109,9 @@ fn scenario(mode: &str) -> Result<(), String> {
     let mut distinct = p.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    check(distinct.len() == N, || "freshly written pages share pfns".into())?;
+    check(distinct.len() == N, || {
+        "freshly written pages share pfns".into()
+    })?;
 
     control(&format!("attach {mode} {} {}", m.addr, m.addr + m.len))?;
     let mut cmd = String::new();
@@ -106,7 +119,10 @@ fn scenario(mode: &str) -> Result<(), String> {
         cmd += &format!("track {} {pfn} 1\n", m.page_addr(i));
     }
     control(&cmd)?;
-    expect_stats("after attach", &[("entries", N as u64), ("change_pte", 0), ("zapped", 0)])?;
+    expect_stats(
+        "after attach",
+        &[("entries", N as u64), ("change_pte", 0), ("zapped", 0)],
+    )?;
 
     // --- KSM merge ---------------------------------------------------------------------------
     m.madvise(libc::MADV_MERGEABLE)?;
@@ -119,13 +135,31 @@ fn scenario(mode: &str) -> Result<(), String> {
     // (N calls: RW->RO, same pfn) and replaces every page but one with the KSM page (N-1 calls:
     // RO->RO, new pfn): the first page of the first pair merged becomes the KSM page in place.
     let replaced = p.iter().filter(|&&x| x != k).count();
-    check(replaced == N - 1, || format!("{replaced} pages changed pfn, expected {}", N - 1))?;
+    check(replaced == N - 1, || {
+        format!("{replaced} pages changed pfn, expected {}", N - 1)
+    })?;
     let mut want = Vec::new();
     for i in 0..N {
         let addr = m.page_addr(i);
-        want.push(Ev { addr, old_pfn: p[i], old_w: true, new_pfn: p[i], new_w: false, zero: false, inside: true });
+        want.push(Ev {
+            addr,
+            old_pfn: p[i],
+            old_w: true,
+            new_pfn: p[i],
+            new_w: false,
+            zero: false,
+            inside: true,
+        });
         if p[i] != k {
-            want.push(Ev { addr, old_pfn: p[i], old_w: false, new_pfn: k, new_w: false, zero: false, inside: true });
+            want.push(Ev {
+                addr,
+                old_pfn: p[i],
+                old_w: false,
+                new_pfn: k,
+                new_w: false,
+                zero: false,
+                inside: true,
+            });
         }
     }
     // KSM visits pages in its own order; compare per page, in call order within each page.
@@ -135,20 +169,45 @@ fn scenario(mode: &str) -> Result<(), String> {
         let mut got = log()?;
         sort(&mut got);
         sort(&mut want);
-        check(got == want, || format!("merge: log differs: got {} events {:?}..., expected {} {:?}...",
-            got.len(), got.first(), want.len(), want.first()))?;
-        expect_stats("after merge", &[
-            ("entries", N as u64), ("flagged_starts", calls), ("kept", calls), ("zapped", 0),
-            ("change_pte", calls), ("change_pte_absent", 0), ("change_pte_outside", 0),
-            ("change_pte_illegal", 0), ("log_dropped", 0), ("in_progress", 0),
-        ])?;
+        check(got == want, || {
+            format!(
+                "merge: log differs: got {} events {:?}..., expected {} {:?}...",
+                got.len(),
+                got.first(),
+                want.len(),
+                want.first()
+            )
+        })?;
+        expect_stats(
+            "after merge",
+            &[
+                ("entries", N as u64),
+                ("flagged_starts", calls),
+                ("kept", calls),
+                ("zapped", 0),
+                ("change_pte", calls),
+                ("change_pte_absent", 0),
+                ("change_pte_outside", 0),
+                ("change_pte_illegal", 0),
+                ("log_dropped", 0),
+                ("in_progress", 0),
+            ],
+        )?;
     } else {
         expect_log("merge (zap mode)", &[])?;
-        expect_stats("after merge (zap mode)", &[
-            ("entries", 0), ("flagged_starts", calls), ("kept", 0), ("zapped", N as u64),
-            ("change_pte", calls), ("change_pte_absent", calls), ("change_pte_outside", 0),
-            ("in_progress", 0),
-        ])?;
+        expect_stats(
+            "after merge (zap mode)",
+            &[
+                ("entries", 0),
+                ("flagged_starts", calls),
+                ("kept", 0),
+                ("zapped", N as u64),
+                ("change_pte", calls),
+                ("change_pte_absent", calls),
+                ("change_pte_outside", 0),
+                ("in_progress", 0),
+            ],
+        )?;
     }
 
     // --- COW break by a process write --------------------------------------------------------
@@ -157,33 +216,64 @@ fn scenario(mode: &str) -> Result<(), String> {
         m.fill(i, (i % 250) as u8 + 1);
     }
     let q = m.present_pfns()?;
-    check(q.iter().all(|x| *x != k), || "a page still maps the KSM page after the write".into())?;
+    check(q.iter().all(|x| *x != k), || {
+        "a page still maps the KSM page after the write".into()
+    })?;
     let want: Vec<Ev> = (0..N)
-        .map(|i| Ev { addr: m.page_addr(i), old_pfn: k, old_w: false, new_pfn: q[i], new_w: true, zero: false, inside: true })
+        .map(|i| Ev {
+            addr: m.page_addr(i),
+            old_pfn: k,
+            old_w: false,
+            new_pfn: q[i],
+            new_w: true,
+            zero: false,
+            inside: true,
+        })
         .collect();
     let calls2 = calls + N as u64;
     if keep {
         // The process writes the pages in order: one RO->RW new-pfn call each, in that order.
         expect_log("COW break", &want)?;
-        expect_stats("after COW break", &[
-            ("entries", N as u64), ("flagged_starts", calls2), ("kept", calls2), ("zapped", 0),
-            ("change_pte", calls2), ("change_pte_absent", 0), ("change_pte_outside", 0),
-            ("change_pte_illegal", 0), ("in_progress", 0),
-        ])?;
+        expect_stats(
+            "after COW break",
+            &[
+                ("entries", N as u64),
+                ("flagged_starts", calls2),
+                ("kept", calls2),
+                ("zapped", 0),
+                ("change_pte", calls2),
+                ("change_pte_absent", 0),
+                ("change_pte_outside", 0),
+                ("change_pte_illegal", 0),
+                ("in_progress", 0),
+            ],
+        )?;
     } else {
         expect_log("COW break (zap mode)", &[])?;
-        expect_stats("after COW break (zap mode)", &[
-            ("entries", 0), ("flagged_starts", calls2), ("change_pte", calls2),
-            ("change_pte_absent", calls2), ("change_pte_outside", 0),
-        ])?;
+        expect_stats(
+            "after COW break (zap mode)",
+            &[
+                ("entries", 0),
+                ("flagged_starts", calls2),
+                ("change_pte", calls2),
+                ("change_pte_absent", calls2),
+                ("change_pte_outside", 0),
+            ],
+        )?;
     }
 
     // --- An unflagged invalidation still zaps ------------------------------------------------
     let before = stats()?;
     m.madvise(libc::MADV_DONTNEED)?;
-    expect_stats("after MADV_DONTNEED", &[
-        ("entries", 0), ("zapped", N as u64), ("change_pte", calls2), ("in_progress", 0),
-    ])?;
+    expect_stats(
+        "after MADV_DONTNEED",
+        &[
+            ("entries", 0),
+            ("zapped", N as u64),
+            ("change_pte", calls2),
+            ("in_progress", 0),
+        ],
+    )?;
     let s = stats()?;
     control("detach")?;
     ksm::write("run", "2")?;
@@ -202,9 +292,121 @@ fn scenario(mode: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `use_zero_pages=1`: KSM replaces zero-filled pages with the shared zero page (RO->RO, new pfn:
+/// the zero page, flagged `zero_page`), and a write breaks COW from it (RO->RW, new pfn).
+fn zero_page_scenario() -> Result<(), String> {
+    ksm::reset(N)?;
+    ksm::write("use_zero_pages", "1")?;
+    let m = Mapping::anon(N)?;
+    for i in 0..N {
+        // Write zeros: the pages must be real anonymous pages, not the zero page already.
+        m.fill(i, 1);
+        m.fill(i, 0);
+    }
+    let p = m.present_pfns()?;
+    control(&format!("attach keep {} {}", m.addr, m.addr + m.len))?;
+    let mut cmd = String::new();
+    for (i, pfn) in p.iter().enumerate() {
+        cmd += &format!("track {} {pfn} 1\n", m.page_addr(i));
+    }
+    control(&cmd)?;
+    m.madvise(libc::MADV_MERGEABLE)?;
+    let scans = ksm::run_until(Duration::from_secs(60), || {
+        let v = m.pfns()?;
+        Ok(v.iter().all(|x| x.is_some() && *x == v[0]))
+    })?;
+    let z = m.present_pfns()?[0];
+    check(p.iter().all(|&x| x != z), || {
+        "a page already mapped the zero pfn before merging".into()
+    })?;
+    // Every page: write-protect (RW->RO, same pfn), then replace with the zero page.
+    let mut want = Vec::new();
+    for i in 0..N {
+        let addr = m.page_addr(i);
+        want.push(Ev {
+            addr,
+            old_pfn: p[i],
+            old_w: true,
+            new_pfn: p[i],
+            new_w: false,
+            zero: false,
+            inside: true,
+        });
+        want.push(Ev {
+            addr,
+            old_pfn: p[i],
+            old_w: false,
+            new_pfn: z,
+            new_w: false,
+            zero: true,
+            inside: true,
+        });
+    }
+    let mut got = log()?;
+    got.sort_by_key(|e| (e.addr, !e.old_w));
+    check(got == want, || {
+        format!(
+            "zero-page merge: log differs: got {} events {:?}..., expected {} {:?}...",
+            got.len(),
+            got.first(),
+            want.len(),
+            want.first()
+        )
+    })?;
+    let calls = 2 * N as u64;
+    expect_stats(
+        "after zero-page merge",
+        &[
+            ("entries", N as u64),
+            ("change_pte", calls),
+            ("kept", calls),
+            ("zapped", 0),
+            ("change_pte_absent", 0),
+            ("change_pte_outside", 0),
+            ("change_pte_illegal", 0),
+        ],
+    )?;
+    control("clearlog")?;
+    for i in 0..N {
+        m.fill(i, 7);
+    }
+    let q = m.present_pfns()?;
+    let want: Vec<Ev> = (0..N)
+        .map(|i| Ev {
+            addr: m.page_addr(i),
+            old_pfn: z,
+            old_w: false,
+            new_pfn: q[i],
+            new_w: true,
+            zero: false,
+            inside: true,
+        })
+        .collect();
+    expect_log("COW break from the zero page", &want)?;
+    expect_stats(
+        "after COW break from the zero page",
+        &[
+            ("entries", N as u64),
+            ("change_pte", calls + N as u64),
+            ("change_pte_absent", 0),
+        ],
+    )?;
+    control("detach")?;
+    ksm::write("run", "2")?;
+    ksm::write("use_zero_pages", "0")?;
+    println!(
+        "zero pages: {N} zero-filled pages, KSM merged after {scans} scans: {N} write-protect and \
+         {N} replace-with-zero-page (zero_page set) calls, then {N} COW breaks from the zero page, \
+         all updated in place"
+    );
+    Ok(())
+}
+
 pub fn change_pte_reachable(_: &[String]) -> Result<(), String> {
     sh("insmod", &["/lib/modules/spt_cptest.ko"])?;
-    let r = scenario("keep").and_then(|_| scenario("zap"));
+    let r = scenario("keep")
+        .and_then(|_| scenario("zap"))
+        .and_then(|_| zero_page_scenario());
     let _ = control("detach");
     sh("rmmod", &["spt_cptest"])?;
     r

@@ -14,7 +14,9 @@ pub fn write(knob: &str, value: &str) -> Result<(), String> {
 
 pub fn read(knob: &str) -> Result<u64, String> {
     let s = fs::read_to_string(format!("{KSM}/{knob}")).map_err(|e| format!("ksm {knob}: {e}"))?;
-    s.trim().parse().map_err(|e| format!("ksm {knob} {s:?}: {e}"))
+    s.trim()
+        .parse()
+        .map_err(|e| format!("ksm {knob} {s:?}: {e}"))
 }
 
 /// Stops KSM, unmerges everything, and sets it up to scan `pages` pages per pass with no sleep.
@@ -31,7 +33,10 @@ pub fn reset(pages: usize) -> Result<(), String> {
 
 /// Runs KSM until `done()` holds after at least two more full scans (the first scan of a page only
 /// records its checksum), then stops it without unmerging. Fails after `timeout`.
-pub fn run_until(timeout: Duration, mut done: impl FnMut() -> Result<bool, String>) -> Result<u64, String> {
+pub fn run_until(
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<bool, String>,
+) -> Result<u64, String> {
     let start_scans = read("full_scans")?;
     let t0 = Instant::now();
     write("run", "1")?;
@@ -41,7 +46,9 @@ pub fn run_until(timeout: Duration, mut done: impl FnMut() -> Result<bool, Strin
             break Ok(scans);
         }
         if t0.elapsed() > timeout {
-            break Err(format!("KSM did not finish within {timeout:?} ({scans} full scans)"));
+            break Err(format!(
+                "KSM did not finish within {timeout:?} ({scans} full scans)"
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     };

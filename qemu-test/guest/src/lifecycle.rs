@@ -9,12 +9,17 @@ use std::process::Command;
 const VERSION: &str = "0.1.0\n";
 
 fn refcnt() -> Result<u64, String> {
-    let s = fs::read_to_string("/sys/module/shadowpt/refcnt").map_err(|e| format!("refcnt: {e}"))?;
+    let s =
+        fs::read_to_string("/sys/module/shadowpt/refcnt").map_err(|e| format!("refcnt: {e}"))?;
     s.trim().parse().map_err(|e| format!("refcnt {s:?}: {e}"))
 }
 
 fn open_dev() -> Result<File, String> {
-    OpenOptions::new().read(true).write(true).open(DEV).map_err(|e| format!("open {DEV}: {e}"))
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(DEV)
+        .map_err(|e| format!("open {DEV}: {e}"))
 }
 
 /// Load and unload the module 20 times; `/dev/shadowpt` and the debugfs directory must appear
@@ -22,20 +27,35 @@ fn open_dev() -> Result<File, String> {
 pub fn load_unload(_: &[String]) -> Result<(), String> {
     ensure_unloaded()?;
     for i in 0..20 {
-        check(!dev_present()?, || format!("iteration {i}: {DEV} present before insmod"))?;
-        check(!debugfs_present(), || format!("iteration {i}: {DEBUGFS} present before insmod"))?;
-        insmod()?;
-        check(dev_present()?, || format!("iteration {i}: {DEV} missing after insmod"))?;
-        let misc = fs::read_to_string("/proc/misc").map_err(|e| e.to_string())?;
-        check(misc.lines().any(|l| l.trim_start().ends_with(" shadowpt")), || {
-            format!("iteration {i}: shadowpt not in /proc/misc")
+        check(!dev_present()?, || {
+            format!("iteration {i}: {DEV} present before insmod")
         })?;
+        check(!debugfs_present(), || {
+            format!("iteration {i}: {DEBUGFS} present before insmod")
+        })?;
+        insmod()?;
+        check(dev_present()?, || {
+            format!("iteration {i}: {DEV} missing after insmod")
+        })?;
+        let misc = fs::read_to_string("/proc/misc").map_err(|e| e.to_string())?;
+        check(
+            misc.lines().any(|l| l.trim_start().ends_with(" shadowpt")),
+            || format!("iteration {i}: shadowpt not in /proc/misc"),
+        )?;
         let v = fs::read_to_string(format!("{DEBUGFS}/version")).map_err(|e| e.to_string())?;
-        check(v == VERSION, || format!("iteration {i}: version file is {v:?}, expected {VERSION:?}"))?;
-        check(refcnt()? == 0, || format!("iteration {i}: refcnt not 0 with no file open"))?;
+        check(v == VERSION, || {
+            format!("iteration {i}: version file is {v:?}, expected {VERSION:?}")
+        })?;
+        check(refcnt()? == 0, || {
+            format!("iteration {i}: refcnt not 0 with no file open")
+        })?;
         rmmod()?;
-        check(!dev_present()?, || format!("iteration {i}: {DEV} still present after rmmod"))?;
-        check(!debugfs_present(), || format!("iteration {i}: {DEBUGFS} still present after rmmod"))?;
+        check(!dev_present()?, || {
+            format!("iteration {i}: {DEV} still present after rmmod")
+        })?;
+        check(!debugfs_present(), || {
+            format!("iteration {i}: {DEBUGFS} still present after rmmod")
+        })?;
     }
     println!("20 load/unload cycles: device and debugfs appeared and disappeared each time");
     Ok(())
@@ -51,7 +71,9 @@ pub fn open_close_processes(_: &[String]) -> Result<(), String> {
 
     let held: Vec<File> = (0..5).map(|_| open_dev()).collect::<Result<_, _>>()?;
     let r = refcnt()?;
-    check(r == 5, || format!("refcnt {r} with 5 files open, expected 5"))?;
+    check(r == 5, || {
+        format!("refcnt {r} with 5 files open, expected 5")
+    })?;
 
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Vec::new();
@@ -67,10 +89,14 @@ pub fn open_close_processes(_: &[String]) -> Result<(), String> {
         check(st.success(), || format!("child failed: {st}"))?;
     }
     let r = refcnt()?;
-    check(r == 5, || format!("refcnt {r} after children exited, expected 5"))?;
+    check(r == 5, || {
+        format!("refcnt {r} after children exited, expected 5")
+    })?;
     drop(held);
     let r = refcnt()?;
-    check(r == 0, || format!("refcnt {r} after closing everything, expected 0"))?;
+    check(r == 0, || {
+        format!("refcnt {r} after closing everything, expected 0")
+    })?;
     rmmod()?;
     println!("{PROCS} processes x {ITERS} open/close: refcounts exact, module unloads");
     Ok(())
@@ -78,7 +104,10 @@ pub fn open_close_processes(_: &[String]) -> Result<(), String> {
 
 /// Child half of `open_close_processes`: open and close the device N times.
 pub fn child_open_close(args: &[String]) -> Result<(), String> {
-    let n: usize = args.first().and_then(|a| a.parse().ok()).ok_or("usage: child_open_close N")?;
+    let n: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .ok_or("usage: child_open_close N")?;
     for _ in 0..n {
         drop(open_dev()?);
     }
@@ -90,11 +119,20 @@ pub fn unload_while_open(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
     let f = open_dev()?;
     let r = rmmod();
-    check(r.is_err(), || "rmmod succeeded with /dev/shadowpt open".into())?;
-    check(module_loaded() && dev_present()?, || "module or device gone after refused rmmod".into())?;
+    check(r.is_err(), || {
+        "rmmod succeeded with /dev/shadowpt open".into()
+    })?;
+    check(module_loaded() && dev_present()?, || {
+        "module or device gone after refused rmmod".into()
+    })?;
     drop(f);
     rmmod()?;
-    check(!module_loaded() && !dev_present()?, || "module still present after rmmod".into())?;
-    println!("rmmod refused while open ({}), accepted after close", r.err().unwrap_or_default().trim());
+    check(!module_loaded() && !dev_present()?, || {
+        "module still present after rmmod".into()
+    })?;
+    println!(
+        "rmmod refused while open ({}), accepted after close",
+        r.err().unwrap_or_default().trim()
+    );
     Ok(())
 }

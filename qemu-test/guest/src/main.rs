@@ -20,14 +20,32 @@ pub struct Test {
 }
 
 const TESTS: &[Test] = &[
-    Test { name: "module_load_unload", run: lifecycle::load_unload },
-    Test { name: "open_close_processes", run: lifecycle::open_close_processes },
-    Test { name: "unload_while_open", run: lifecycle::unload_while_open },
-    Test { name: "change_pte_reachable", run: cptest::change_pte_reachable },
+    Test {
+        name: "module_load_unload",
+        run: lifecycle::load_unload,
+    },
+    Test {
+        name: "open_close_processes",
+        run: lifecycle::open_close_processes,
+    },
+    Test {
+        name: "unload_while_open",
+        run: lifecycle::unload_while_open,
+    },
+    Test {
+        name: "change_pte_reachable",
+        run: cptest::change_pte_reachable,
+    },
     // Harness self-test (qemu-test/selftest): must make the run fail.
-    Test { name: "harness_fail", run: |_| Err("failing on purpose (harness self-test)".into()) },
+    Test {
+        name: "harness_fail",
+        run: |_| Err("failing on purpose (harness self-test)".into()),
+    },
     // Helper entry point used by open_close_processes, not a test on its own.
-    Test { name: "child_open_close", run: lifecycle::child_open_close },
+    Test {
+        name: "child_open_close",
+        run: lifecycle::child_open_close,
+    },
 ];
 
 fn main() {

@@ -32,7 +32,10 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(format!("mmap {len}: {}", std::io::Error::last_os_error()));
         }
-        let m = Mapping { addr: p as usize, len };
+        let m = Mapping {
+            addr: p as usize,
+            len,
+        };
         m.madvise(libc::MADV_NOHUGEPAGE)?;
         Ok(m)
     }
@@ -48,7 +51,10 @@ impl Mapping {
     pub fn madvise(&self, advice: libc::c_int) -> Result<(), String> {
         // SAFETY: The range is our own mapping.
         if unsafe { libc::madvise(self.addr as *mut libc::c_void, self.len, advice) } != 0 {
-            return Err(format!("madvise({advice}): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "madvise({advice}): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }
