@@ -1,0 +1,47 @@
+# SPDX-License-Identifier: GPL-2.0
+# Kernel tree helpers shared by build-kernel and check-series. Source it after
+# env.sh. Functions die through the caller's die().
+
+# kernel_git DIR ARGS...: git in a kernel tree. No auto-gc: it would compete
+# with the kernel build for the CPUs.
+kernel_git() {
+	git -C "$1" -c gc.auto=0 -c user.name=shadowpt -c user.email=shadowpt@localhost "${@:2}"
+}
+
+# kernel_make DIR ARGS...: make in a kernel tree with the project's toolchain.
+kernel_make() {
+	make -C "$1" ARCH=x86_64 RUSTC="$SHADOWPT_RUSTC" RUSTDOC="$SHADOWPT_RUSTDOC" \
+		HOSTRUSTC="$SHADOWPT_RUSTC" BINDGEN="$SHADOWPT_BINDGEN" "${@:2}"
+}
+
+# kernel_unpack SRC DEST: copy a source tree or unpack a tarball into DEST
+# (which must not exist), check it is 7.3.y, and commit it as the pristine
+# source of a new git repository. Prints the kernel version.
+kernel_unpack() {
+	local src=$1 dest=$2 tmp inner ver
+	if [ -d "$src" ]; then
+		mkdir -p "$dest"
+		(cd "$src" && tar --exclude=.git -cf - .) | tar -C "$dest" -xf -
+	else
+		tmp=$(mktemp -d "$(dirname "$dest")/unpack.XXXXXX")
+		tar -C "$tmp" -xf "$src"
+		inner=$(find "$tmp" -mindepth 1 -maxdepth 1 -type d | head -n1)
+		[ -f "$inner/Makefile" ] || die "$src does not contain a kernel tree"
+		mv "$inner" "$dest"
+		rmdir "$tmp"
+	fi
+	ver=$(make -s -C "$dest" kernelversion)
+	case "$ver" in 7.3|7.3.*) ;; *) die "kernel source is $ver, shadowpt needs 7.3.y" ;; esac
+	kernel_git "$dest" init -q
+	kernel_git "$dest" add -A -f .
+	kernel_git "$dest" commit -q -m "Linux $ver (pristine source)"
+	echo "$ver"
+}
+
+# kernel_configure DIR FRAGMENT...: tinyconfig, then the fragments, then olddefconfig.
+kernel_configure() {
+	local dir=$1
+	kernel_make "$dir" -s tinyconfig >/dev/null
+	(cd "$dir" && ARCH=x86_64 scripts/kconfig/merge_config.sh -m -Q .config "${@:2}" >/dev/null)
+	kernel_make "$dir" -s olddefconfig >/dev/null
+}
