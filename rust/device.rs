@@ -1,14 +1,41 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `/dev/shadowpt`: the misc device and its file operations.
+//! `/dev/shadowpt`: the misc device, its ioctls and the attachments they create.
 //!
-//! Each open file is one client. The file holds a reference on the module (the misc device's
-//! `fops.owner`), so the module cannot be unloaded while any file is open.
+//! Each open file is one client with at most one [`Attachment`]. The file holds a reference on
+//! the module (the misc device's `fops.owner`), so the module cannot be unloaded while any file
+//! is open. Closing the file detaches.
+//!
+//! Only tasks of the attached address space may use an attachment: a child that inherits the file
+//! across `fork()` gets `EPERM`, and its address space is not mirrored.
+//!
+//! # Locking
+//!
+//! [`ShadowPtFile::attachment`] is a mutex held only to read or replace the attachment pointer,
+//! never across a fault, a copy from or to user space, or a registration: an ioctl clones the
+//! [`Arc`] and works on the clone. The attachment is torn down (notifier unregistered) when the
+//! last clone is dropped, by `DETACH`, `close()` or the last ioctl in flight.
 
+use crate::{
+    debugfs,
+    mirror::{pages, Mirror, Mode},
+    stats::{Stats, ATTACHMENTS},
+    table::{NodeCache, ADDRESS_LIMIT},
+    uapi::{self, Encoder},
+};
 use kernel::{
+    alloc::KVec,
     fs::File,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    mm::{mmu_notifier::Registration, virt::flags as vm_flags, MmWithUser},
+    new_mutex,
+    page::PAGE_SIZE,
     prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        Arc, Mutex,
+    },
+    uaccess::{UserPtr, UserSlice},
 };
 
 /// Returns an initialiser registering `/dev/shadowpt`.
@@ -16,14 +43,281 @@ pub(crate) fn register() -> impl PinInit<MiscDeviceRegistration<ShadowPtFile>, E
     MiscDeviceRegistration::register(MiscDeviceOptions { name: c"shadowpt" })
 }
 
+/// Next attachment id; ids are never reused while the module is loaded.
+static NEXT_ID: Atomic<u64> = Atomic::new(1);
+
+/// One mirrored range: the notifier registration (which owns the [`Mirror`]) and its debugfs
+/// directory.
+pub(crate) struct Attachment {
+    // Dropped first: unregistering runs `release`, which empties the table.
+    registration: Pin<KBox<Registration<Mirror>>>,
+    _debugfs: Pin<KBox<kernel::debugfs::Scope<debugfs::AttachmentInfo>>>,
+}
+
+impl Attachment {
+    fn mirror(&self) -> &Mirror {
+        &self.registration
+    }
+
+    /// Fails with `EPERM` unless the caller's address space is the attached one.
+    fn check_caller<'a>(&self, mm: Option<&'a MmWithUser>) -> Result<&'a MmWithUser> {
+        match mm {
+            Some(mm) if mm.as_raw() == self.registration.mm().as_raw() => Ok(mm),
+            _ => Err(EPERM),
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        ATTACHMENTS.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Per-open-file state of `/dev/shadowpt`.
-pub(crate) struct ShadowPtFile;
+#[pin_data]
+pub(crate) struct ShadowPtFile {
+    #[pin]
+    attachment: Mutex<Option<Arc<Attachment>>>,
+}
 
 #[vtable]
 impl MiscDevice for ShadowPtFile {
-    type Ptr = KBox<Self>;
+    type Ptr = Pin<KBox<Self>>;
 
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
-        Ok(KBox::new(ShadowPtFile, GFP_KERNEL)?)
+    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        KBox::try_pin_init(
+            try_pin_init!(ShadowPtFile {
+                attachment <- new_mutex!(None, "shadowpt::ShadowPtFile::attachment"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn ioctl(me: Pin<&ShadowPtFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            uapi::IOC_ATTACH => me.attach(arg),
+            uapi::IOC_DETACH => me.detach(),
+            uapi::IOC_FAULT => me.fault(arg),
+            uapi::IOC_READ => me.read_write(arg, false),
+            uapi::IOC_WRITE => me.read_write(arg, true),
+            uapi::IOC_SNAPSHOT => me.snapshot(arg),
+            uapi::IOC_STATS => me.stats(arg),
+            _ => Err(ENOTTY),
+        }
+    }
+}
+
+/// Writes `value` at byte `offset` of the user structure at `arg`.
+fn put_u64(arg: usize, offset: usize, value: u64) -> Result {
+    let ptr = UserPtr::from_addr(arg).wrapping_byte_add(offset);
+    UserSlice::new(ptr, 8)
+        .writer()
+        .write_slice(&value.to_ne_bytes())
+}
+
+/// Checks that `addr` and `len` are page aligned and `len` is in `1..=max`.
+fn check_pages(addr: usize, len: usize, max: usize) -> Result {
+    if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+        return Err(EINVAL);
+    }
+    if len > max {
+        return Err(E2BIG);
+    }
+    Ok(())
+}
+
+/// Turns `EFAULT` from a write fault on memory the process maps read-only into `EACCES`.
+fn refine_fault_error(mm: &MmWithUser, addr: usize, write: bool, err: Error) -> Error {
+    if err != EFAULT || !write {
+        return err;
+    }
+    let guard = mm.mmap_read_lock();
+    match guard.vma_lookup(addr) {
+        Some(vma) if vma.flags() & vm_flags::WRITE == 0 => EACCES,
+        _ => EFAULT,
+    }
+}
+
+impl ShadowPtFile {
+    /// The attachment, checked to belong to the caller's address space.
+    fn get(&self) -> Result<Arc<Attachment>> {
+        self.attachment.lock().clone().ok_or(ENXIO)
+    }
+
+    fn attach(&self, arg: usize) -> Result<isize> {
+        let req = uapi::Attach::read(
+            &mut UserSlice::new(UserPtr::from_addr(arg), uapi::ATTACH_SIZE).reader(),
+        )?;
+        let mode = Mode::from_abi(req.mode)?;
+        check_pages(req.start, req.length, uapi::MAX_ATTACH)?;
+        let end = req.start.checked_add(req.length).ok_or(EOVERFLOW)?;
+        if end > ADDRESS_LIMIT {
+            return Err(EFAULT);
+        }
+        if self.attachment.lock().is_some() {
+            return Err(EBUSY);
+        }
+        let task = kernel::current!();
+        let mm = task.mm().ok_or(EPERM)?;
+        {
+            // The whole range must be mapped now; it may change later.
+            let guard = mm.mmap_read_lock();
+            let mut addr = req.start;
+            while addr < end {
+                addr = guard.vma_lookup(addr).ok_or(EFAULT)?.end();
+            }
+        }
+
+        let id = NEXT_ID.fetch_add(1, Relaxed);
+        let stats = Arc::new(Stats::new(), GFP_KERNEL)?;
+        let mirror = Mirror::new(req.start, end, mode, stats.clone())?;
+        let registration = KBox::pin_init(Registration::register(mm, mirror), GFP_KERNEL)?;
+        let info = debugfs::AttachmentInfo::new(stats, mode, req.start, end);
+        let dir = debugfs::attachment_dir(id, info)?;
+        let attachment = Arc::new(
+            Attachment {
+                registration,
+                _debugfs: dir,
+            },
+            GFP_KERNEL,
+        )?;
+        ATTACHMENTS.fetch_add(1, Relaxed);
+
+        {
+            let mut slot = self.attachment.lock();
+            if slot.is_some() {
+                // A concurrent ATTACH won; ours is dropped (unregistered) after the unlock.
+                drop(slot);
+                return Err(EBUSY);
+            }
+            *slot = Some(attachment);
+        }
+        put_u64(arg, 24, id)?;
+        Ok(0)
+    }
+
+    fn detach(&self) -> Result<isize> {
+        let attachment = self.attachment.lock().take().ok_or(ENXIO)?;
+        // Unregisters here unless an ioctl in flight still holds a clone.
+        drop(attachment);
+        Ok(0)
+    }
+
+    fn fault(&self, arg: usize) -> Result<isize> {
+        let attachment = self.get()?;
+        let task = kernel::current!();
+        let mm = attachment.check_caller(task.mm())?;
+        let req = uapi::Fault::read(
+            &mut UserSlice::new(UserPtr::from_addr(arg), uapi::FAULT_SIZE).reader(),
+        )?;
+        if req.flags & !uapi::ACCESS_WRITE != 0 {
+            return Err(EINVAL);
+        }
+        check_pages(req.addr, req.length, uapi::MAX_IO)?;
+        let mirror = attachment.mirror();
+        mirror.check_range(req.addr, req.length)?;
+        let write = req.flags & uapi::ACCESS_WRITE != 0;
+        let mut cache = NodeCache::new();
+        let mut faults = 0u64;
+        for i in 0..pages(req.length) {
+            let addr = req.addr + i * PAGE_SIZE;
+            match mirror.fault(addr, write, &mut cache) {
+                Ok(true) => faults += 1,
+                Ok(false) => {}
+                Err(e) => return Err(refine_fault_error(mm, addr, write, e)),
+            }
+        }
+        put_u64(arg, 24, faults)?;
+        Ok(0)
+    }
+
+    fn read_write(&self, arg: usize, write: bool) -> Result<isize> {
+        let attachment = self.get()?;
+        let task = kernel::current!();
+        let mm = attachment.check_caller(task.mm())?;
+        let req =
+            uapi::Rw::read(&mut UserSlice::new(UserPtr::from_addr(arg), uapi::RW_SIZE).reader())?;
+        if req.flags != 0 || req.length == 0 {
+            return Err(EINVAL);
+        }
+        if req.length > uapi::MAX_IO {
+            return Err(E2BIG);
+        }
+        let mirror = attachment.mirror();
+        mirror.check_range(req.addr, req.length)?;
+        let user = UserSlice::new(UserPtr::from_addr(req.buf), req.length);
+        let (mut reader, mut writer) = user.reader_writer();
+        let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+        let mut cache = NodeCache::new();
+        let mut faults = 0u64;
+        let mut addr = req.addr;
+        let end = req.addr + req.length;
+        while addr < end {
+            let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
+            let buf = &mut bounce[..chunk];
+            if write {
+                reader.read_slice(buf)?;
+            }
+            faults += mirror
+                .read_write(addr, buf, write, &mut cache)
+                .map_err(|e| refine_fault_error(mm, addr, write, e))?;
+            if !write {
+                writer.write_slice(buf)?;
+            }
+            addr += chunk;
+        }
+        put_u64(arg, 32, faults)?;
+        Ok(0)
+    }
+
+    fn snapshot(&self, arg: usize) -> Result<isize> {
+        let attachment = self.get()?;
+        let task = kernel::current!();
+        attachment.check_caller(task.mm())?;
+        let req = uapi::Snapshot::read(
+            &mut UserSlice::new(UserPtr::from_addr(arg), uapi::SNAPSHOT_SIZE).reader(),
+        )?;
+        if req.flags != 0 || req.npages == 0 || req.addr % PAGE_SIZE != 0 {
+            return Err(EINVAL);
+        }
+        if req.npages > pages(uapi::MAX_IO) {
+            return Err(E2BIG);
+        }
+        let mirror = attachment.mirror();
+        mirror.check_range(req.addr, req.npages * PAGE_SIZE)?;
+        let mut writer = UserSlice::new(UserPtr::from_addr(req.buf), req.npages).writer();
+        let mut states = KVec::with_capacity(PAGE_SIZE, GFP_KERNEL)?;
+        for i in 0..req.npages {
+            states.push(mirror.snapshot(req.addr + i * PAGE_SIZE)?, GFP_KERNEL)?;
+            if states.len() == PAGE_SIZE || i + 1 == req.npages {
+                writer.write_slice(&states)?;
+                states.clear();
+            }
+        }
+        Ok(0)
+    }
+
+    fn stats(&self, arg: usize) -> Result<isize> {
+        let attachment = self.get()?;
+        let task = kernel::current!();
+        attachment.check_caller(task.mm())?;
+        let mut size = [0u8; 4];
+        UserSlice::new(UserPtr::from_addr(arg), 4)
+            .reader()
+            .read_slice(&mut size)?;
+        if u32::from_ne_bytes(size) as usize != uapi::STATS_SIZE {
+            return Err(EINVAL);
+        }
+        let mirror = attachment.mirror();
+        let mut enc = Encoder::<{ uapi::STATS_SIZE }>::new();
+        enc.u32(uapi::STATS_SIZE as u32).u32(mirror.mode().to_abi());
+        for v in mirror.stats().values() {
+            enc.u64(v);
+        }
+        UserSlice::new(UserPtr::from_addr(arg), uapi::STATS_SIZE)
+            .writer()
+            .write_slice(&enc.bytes)?;
+        Ok(0)
     }
 }

@@ -2,12 +2,25 @@
 
 //! shadowpt: a software secondary MMU that mirrors part of a process's address space.
 //!
-//! The crate root only declares the module and its parts; see `Documentation/` for the design.
+//! - [`device`]: `/dev/shadowpt`, its ioctls and the attachments they create;
+//! - [`mirror`]: one attachment's secondary MMU: fault path and MMU notifier callbacks;
+//! - [`table`]: the four-level radix page table;
+//! - [`stats`] and [`debugfs`]: the counters and `/sys/kernel/debug/shadowpt/`;
+//! - [`uapi`]: the ioctl ABI (`include/uapi/linux/shadowpt.h`).
+//!
+//! Lock order, outermost first: `ShadowPtFile::attachment` (a mutex, never held across anything
+//! that sleeps on the mm) is independent of the rest; the core mm's `mmap_lock` and page table
+//! locks, held around notifier callbacks, come before `Mirror::inner` (a spinlock, innermost).
+//! See `Documentation/design.rst`.
 
 use kernel::prelude::*;
 
 mod debugfs;
 mod device;
+mod mirror;
+mod stats;
+mod table;
+mod uapi;
 
 module! {
     type: ShadowPtModule,
@@ -30,6 +43,7 @@ struct ShadowPtModule {
 impl kernel::InPlaceModule for ShadowPtModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
+            // Initialised first: opening the device needs the debugfs root.
             debugfs: debugfs::Root::new()?,
             miscdev <- device::register(),
         })

@@ -6,7 +6,7 @@ use crate::util::*;
 use std::fs::{self, File, OpenOptions};
 use std::process::Command;
 
-const VERSION: &str = "0.1.0\n";
+const VERSION: &str = "0.2.0\n";
 
 fn refcnt() -> Result<u64, String> {
     let s =

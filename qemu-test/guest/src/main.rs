@@ -9,6 +9,8 @@ mod cptest;
 mod ksm;
 mod lifecycle;
 mod mem;
+mod mirror;
+mod spt;
 mod util;
 
 use std::process::exit;
@@ -31,6 +33,22 @@ const TESTS: &[Test] = &[
     Test {
         name: "unload_while_open",
         run: lifecycle::unload_while_open,
+    },
+    Test {
+        name: "mirror_data",
+        run: mirror::data,
+    },
+    Test {
+        name: "mirror_coherence",
+        run: mirror::coherence,
+    },
+    Test {
+        name: "mirror_errors",
+        run: mirror::errors,
+    },
+    Test {
+        name: "mirror_lifecycle",
+        run: mirror::lifecycle,
     },
     Test {
         name: "change_pte_reachable",

@@ -17,15 +17,20 @@ impl Mapping {
     /// Maps `pages` pages read-write, without transparent huge pages (so every page has its own
     /// PTE, which is what KSM and `change_pte` work on).
     pub fn anon(pages: usize) -> Result<Self, String> {
+        Self::map(pages, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+    }
+
+    /// Maps `pages` pages read-write with `flags` (and `fd`, or -1), without THP.
+    pub fn map(pages: usize, flags: libc::c_int, fd: libc::c_int) -> Result<Self, String> {
         let len = pages * PAGE;
-        // SAFETY: A fresh anonymous mapping chosen by the kernel aliases nothing.
+        // SAFETY: A fresh mapping chosen by the kernel aliases nothing.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
+                flags,
+                fd,
                 0,
             )
         };
@@ -38,6 +43,32 @@ impl Mapping {
         };
         m.madvise(libc::MADV_NOHUGEPAGE)?;
         Ok(m)
+    }
+
+    /// The bytes of the mapping as the process sees them.
+    pub fn bytes(&self, off: usize, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        // SAFETY: The range lies inside our readable mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping((self.addr + off) as *const u8, v.as_mut_ptr(), len)
+        };
+        v
+    }
+
+    /// Writes `data` at byte offset `off` of the mapping.
+    pub fn put(&self, off: usize, data: &[u8]) {
+        // SAFETY: The range lies inside our writable mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), (self.addr + off) as *mut u8, data.len())
+        };
+    }
+
+    pub fn mprotect(&self, prot: libc::c_int) -> Result<(), String> {
+        // SAFETY: Our own mapping.
+        if unsafe { libc::mprotect(self.addr as *mut libc::c_void, self.len, prot) } != 0 {
+            return Err(format!("mprotect: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     pub fn pages(&self) -> usize {

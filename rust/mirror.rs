@@ -1,0 +1,493 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The secondary MMU of one attachment: its page table, its fault path and its MMU notifier.
+//!
+//! # Protocol
+//!
+//! This follows KVM's (`virt/kvm/kvm_main.c`, `mmu_invalidate_*`):
+//!
+//! - [`invalidate_range_start`] takes the table lock, raises `in_progress`, widens the
+//!   invalidated range, zaps the entries of the range and releases the lock. In `change_pte`
+//!   mode an invalidation flagged [`Range::change_pte`] keeps its single entry: the matching
+//!   [`change_pte`] call updates it in place.
+//! - [`invalidate_range_end`] takes the lock, bumps `seq` and lowers `in_progress`.
+//! - A fault samples `seq` under the lock, drops the lock, looks the page up with
+//!   [`gup::get_user_page_fast`] (which may sleep and fault), allocates the tables it may need,
+//!   then takes the lock again and installs the entry only if `seq` did not move and no
+//!   invalidation in progress covers the address. Otherwise it retries. The page reference is
+//!   dropped right after the entry is installed: the table holds none, so KSM can merge the page.
+//!
+//! An installed entry therefore always maps the page the primary page table mapped at some point
+//! after the last invalidation of its address ended, and every later change of that primary entry
+//! goes through an invalidation that zaps it (or a `change_pte` that updates it) before the old
+//! page can be freed. That is what makes the `unsafe` page accesses in [`Mirror::read_write`]
+//! sound.
+//!
+//! # Locking
+//!
+//! One lock, [`Mirror::inner`], a spinlock (callbacks may not sleep: `change_pte` runs under the
+//! primary page table lock, and OOM-reaper invalidations are non-blockable). Lock order:
+//! `mmap_lock` / primary PTL (held by the core mm around callbacks) -> `Mirror::inner`. Nothing is
+//! allocated and no user memory is touched with `inner` held; GUP and allocations happen between
+//! the two lock sections of a fault.
+//!
+//! [`invalidate_range_start`]: MmuNotifier::invalidate_range_start
+//! [`invalidate_range_end`]: MmuNotifier::invalidate_range_end
+//! [`change_pte`]: MmuNotifier::change_pte
+
+use crate::{
+    stats::{Counter, Stats},
+    table::{Entry, NodeCache, Table},
+    uapi,
+};
+use kernel::{
+    mm::{
+        gup,
+        mmu_notifier::{MmuNotifier, Pte, Range},
+        Mm,
+    },
+    new_spinlock,
+    page::{PAGE_SHIFT, PAGE_SIZE},
+    prelude::*,
+    sync::{Arc, SpinLock},
+    time::{delay::fsleep, Delta},
+    warn_on,
+};
+
+/// Invalidation mode of an attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Keep entries of flagged invalidations and update them in `change_pte`.
+    ChangePte,
+    /// Zap every invalidated entry: `change_pte` finds nothing (mainline since 2012).
+    Zap,
+}
+
+impl Mode {
+    pub(crate) fn from_abi(mode: u32) -> Result<Self> {
+        match mode {
+            uapi::MODE_CHANGE_PTE => Ok(Self::ChangePte),
+            uapi::MODE_ZAP => Ok(Self::Zap),
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub(crate) fn to_abi(self) -> u32 {
+        match self {
+            Self::ChangePte => uapi::MODE_CHANGE_PTE,
+            Self::Zap => uapi::MODE_ZAP,
+        }
+    }
+}
+
+/// State protected by [`Mirror::inner`].
+struct Inner {
+    table: Table,
+    /// Bumped by every `invalidate_range_end` (KVM's `mmu_invalidate_seq`).
+    seq: u64,
+    /// Invalidations between start and end (KVM's `mmu_invalidate_in_progress`).
+    in_progress: u64,
+    /// Union of the ranges of the invalidations in progress, valid while `in_progress > 0`.
+    inv_start: usize,
+    inv_end: usize,
+    /// Set by `release`: the address space is gone, nothing may be mapped any more.
+    dead: bool,
+}
+
+impl Inner {
+    /// Whether a fault that sampled `seq` must retry instead of installing `addr`
+    /// (KVM's `mmu_invalidate_retry_gfn`).
+    fn must_retry(&self, seq: u64, addr: usize) -> bool {
+        (self.in_progress > 0 && addr >= self.inv_start && addr < self.inv_end) || self.seq != seq
+    }
+}
+
+/// The secondary MMU of one attachment; the data of its MMU notifier registration.
+///
+/// # Invariants
+///
+/// Every present entry of `inner.table` maps a page that the primary page table of the attached
+/// address space maps at the same address, with write access if the entry is writable, except
+/// between an `invalidate_range_start` of that address and the next release of `inner` (which
+/// zaps it or, for a `change_pte` range, is followed by the `change_pte` that updates it).
+#[pin_data(PinnedDrop)]
+pub(crate) struct Mirror {
+    start: usize,
+    end: usize,
+    mode: Mode,
+    #[pin]
+    inner: SpinLock<Inner>,
+    stats: Arc<Stats>,
+}
+
+#[pinned_drop]
+impl PinnedDrop for Mirror {
+    fn drop(self: Pin<&mut Self>) {
+        // The table goes with us: take its entries and tables out of the global gauges.
+        self.stats.set_gauge(Counter::present, 0);
+        self.stats.set_gauge(Counter::table_pages, 0);
+    }
+}
+
+/// Result of a snapshot of one page.
+type PageState = u8;
+
+impl Mirror {
+    /// A mirror of `[start, end)` with an empty table.
+    pub(crate) fn new(
+        start: usize,
+        end: usize,
+        mode: Mode,
+        stats: Arc<Stats>,
+    ) -> Result<impl PinInit<Self, Error>> {
+        let table = Table::new()?;
+        stats.set_gauge(Counter::table_pages, table.pages());
+        Ok(try_pin_init!(Self {
+            start,
+            end,
+            mode,
+            inner <- new_spinlock!(
+                Inner {
+                    table,
+                    seq: 0,
+                    in_progress: 0,
+                    inv_start: 0,
+                    inv_end: 0,
+                    dead: false,
+                },
+                "shadowpt::Mirror::inner"
+            ),
+            stats,
+        }? Error))
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Checks that `[addr, addr + len)` is inside the attachment.
+    ///
+    /// # Errors
+    ///
+    /// `EOVERFLOW` if the end overflows, `ERANGE` if the range leaves the attachment.
+    pub(crate) fn check_range(&self, addr: usize, len: usize) -> Result<usize> {
+        let end = addr.checked_add(len).ok_or(EOVERFLOW)?;
+        if addr < self.start || end > self.end {
+            return Err(ERANGE);
+        }
+        Ok(end)
+    }
+
+    /// Publishes the table's gauges. Called with `inner` held, after every change of the table.
+    fn update_gauges(&self, inner: &Inner) {
+        self.stats
+            .set_gauge(Counter::present, inner.table.present());
+        self.stats
+            .set_gauge(Counter::table_pages, inner.table.pages());
+    }
+
+    /// Makes sure the table maps the page at `addr` (page aligned, inside the attachment), and
+    /// writable if `write`. Returns whether an entry was created or upgraded.
+    ///
+    /// Must be called by a task of the mirrored address space. May sleep. `faults` counts the
+    /// calls that return `Ok(true)`: secondary faults resolved, by this path or by the notifier
+    /// (our own write breaking copy-on-write makes `change_pte` upgrade the entry).
+    ///
+    /// # Errors
+    ///
+    /// `EFAULT` if the process cannot access the page that way (the caller refines it),
+    /// `ENOMEM`, `EINTR` on a fatal signal while retrying, `ENXIO` once the address space is gone.
+    pub(crate) fn fault(&self, addr: usize, write: bool, cache: &mut NodeCache) -> Result<bool> {
+        let satisfied = |entry: Entry| entry.present() && (!write || entry.writable());
+        let mut seq = {
+            let inner = self.inner.lock();
+            if inner.dead {
+                return Err(ENXIO);
+            }
+            if satisfied(inner.table.lookup(addr)) {
+                return Ok(false);
+            }
+            inner.seq
+        };
+        loop {
+            let flags = if write {
+                gup::Flags::WRITE
+            } else {
+                gup::Flags::NONE
+            };
+            let page = gup::get_user_page_fast(addr, flags)?;
+            cache.top_up()?;
+
+            let mut inner = self.inner.lock();
+            if inner.dead {
+                return Err(ENXIO);
+            }
+            if inner.must_retry(seq, addr) {
+                drop(inner);
+                drop(page);
+                self.stats.inc(Counter::fault_retries);
+                if kernel::current!().signal_pending() {
+                    return Err(EINTR);
+                }
+                // Let the invalidation finish (the guest kernel may not be preemptible).
+                fsleep(Delta::from_micros(20));
+                let inner = self.inner.lock();
+                if inner.dead {
+                    return Err(ENXIO);
+                }
+                // The invalidation may have resolved the fault itself: `change_pte` makes an
+                // entry writable when our own write breaks copy-on-write.
+                if satisfied(inner.table.lookup(addr)) {
+                    drop(inner);
+                    self.stats.inc(Counter::faults);
+                    return Ok(true);
+                }
+                seq = inner.seq;
+                continue;
+            }
+            let entry = Entry::new(page.pfn(), page.is_zero_page(), write, true, write);
+            inner.table.install(addr, entry, cache)?;
+            self.update_gauges(&inner);
+            drop(inner);
+            // The table holds no page reference: from here on the notifier keeps it coherent.
+            drop(page);
+            self.stats.inc(Counter::faults);
+            return Ok(true);
+        }
+    }
+
+    /// Copies between `buf` and the attachment at `addr` through the table, one page at a time
+    /// (`addr..addr + buf.len()` must lie in one page and inside the attachment). Absent or
+    /// read-only entries are faulted in first. Returns the number of faults taken.
+    pub(crate) fn read_write(
+        &self,
+        addr: usize,
+        buf: &mut [u8],
+        write: bool,
+        cache: &mut NodeCache,
+    ) -> Result<u64> {
+        let page_addr = addr & !(PAGE_SIZE - 1);
+        let offset = addr - page_addr;
+        let mut faults = 0;
+        loop {
+            {
+                let mut inner = self.inner.lock();
+                if inner.dead {
+                    return Err(ENXIO);
+                }
+                let entry = inner.table.lookup(page_addr);
+                if entry.present() && (!write || entry.writable()) {
+                    if write {
+                        // SAFETY: The entry is present and writable and `inner` is held, so no
+                        // invalidation can zap it, and the primary page table cannot stop
+                        // mapping the page, before the lock is released (see the module's
+                        // protocol): the frame stays the process's writable page.
+                        unsafe { gup::copy_to_pfn(entry.pfn(), offset, buf)? };
+                    } else {
+                        // SAFETY: As above, the entry is present and `inner` is held, so the
+                        // frame stays the page the process maps for the whole copy.
+                        unsafe { gup::copy_from_pfn(entry.pfn(), offset, buf)? };
+                    }
+                    inner.table.update(page_addr, |e| e.touched(write));
+                    return Ok(faults);
+                }
+            }
+            if self.fault(page_addr, write, cache)? {
+                faults += 1;
+            }
+        }
+    }
+
+    /// The snapshot state of the page at `addr` (page aligned, inside the attachment): the entry's
+    /// bits, and whether it maps the page the primary page table maps now, looked up without
+    /// faulting. Both are sampled in the same invalidation epoch (retrying like a fault), so the
+    /// answer is consistent even while the range changes.
+    pub(crate) fn snapshot(&self, addr: usize) -> Result<PageState> {
+        loop {
+            let seq = self.inner.lock().seq;
+            let primary = gup::get_user_page_fast(addr, gup::Flags::NOFAULT).ok();
+            let inner = self.inner.lock();
+            if inner.must_retry(seq, addr) {
+                drop(inner);
+                drop(primary);
+                if kernel::current!().signal_pending() {
+                    return Err(EINTR);
+                }
+                fsleep(Delta::from_micros(20));
+                continue;
+            }
+            let entry = inner.table.lookup(addr);
+            drop(inner);
+            let mut state = 0;
+            if entry.present() {
+                state |= uapi::PAGE_PRESENT;
+                if entry.writable() {
+                    state |= uapi::PAGE_WRITABLE;
+                }
+                if entry.accessed() {
+                    state |= uapi::PAGE_ACCESSED;
+                }
+                if entry.dirty() {
+                    state |= uapi::PAGE_DIRTY;
+                }
+                if entry.zero() {
+                    state |= uapi::PAGE_ZERO;
+                }
+            }
+            if let Some(page) = primary {
+                state |= uapi::PAGE_PRIMARY;
+                if entry.present() && page.pfn() == entry.pfn() {
+                    state |= uapi::PAGE_PFN_MATCH;
+                }
+            }
+            return Ok(state);
+        }
+    }
+
+    /// Whether `range` intersects the attachment.
+    fn overlaps(&self, range: &Range) -> bool {
+        range.start() < self.end && range.end() > self.start
+    }
+
+    /// Zaps `[start, end)` clipped to the attachment; returns the entries removed.
+    fn zap_locked(&self, inner: &mut Inner, start: usize, end: usize) -> u64 {
+        let start = start.max(self.start);
+        let end = end.min(self.end);
+        if start >= end {
+            return 0;
+        }
+        let zapped = inner.table.zap(start, end).entries;
+        self.update_gauges(inner);
+        zapped
+    }
+}
+
+#[vtable]
+impl MmuNotifier for Mirror {
+    fn release(&self, _mm: &Mm) {
+        let mut inner = self.inner.lock();
+        // May run twice (exit, then unregistration); count the first.
+        if !inner.dead {
+            inner.dead = true;
+            self.stats.inc(Counter::releases);
+        }
+        let zapped = self.zap_locked(&mut inner, self.start, self.end);
+        drop(inner);
+        self.stats.add(Counter::zapped, zapped);
+    }
+
+    fn invalidate_range_start(&self, range: &Range) -> Result {
+        // Like KVM with memslots: ranges that miss the attachment are not ours to track.
+        if !self.overlaps(range) {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock();
+        inner.in_progress += 1;
+        if inner.in_progress == 1 {
+            inner.inv_start = range.start();
+            inner.inv_end = range.end();
+        } else {
+            inner.inv_start = inner.inv_start.min(range.start());
+            inner.inv_end = inner.inv_end.max(range.end());
+        }
+        // A flagged range covers one base page whose entry `change_pte` will update: keep it.
+        let keep = self.mode == Mode::ChangePte
+            && range.change_pte()
+            && range.end() - range.start() == PAGE_SIZE;
+        let zapped = if keep {
+            0
+        } else {
+            self.zap_locked(&mut inner, range.start(), range.end())
+        };
+        drop(inner);
+        self.stats.inc(Counter::invalidate_start);
+        self.stats.add(Counter::zapped, zapped);
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, range: &Range) {
+        // Same test as in `invalidate_range_start`, on the same range: starts and ends pair up.
+        if !self.overlaps(range) {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        inner.seq = inner.seq.wrapping_add(1);
+        inner.in_progress -= 1;
+        drop(inner);
+        self.stats.inc(Counter::invalidate_end);
+    }
+
+    fn change_pte(&self, _mm: &Mm, address: usize, pte: Pte) {
+        if address < self.start || address >= self.end {
+            return;
+        }
+        self.stats.inc(Counter::change_pte);
+        let mut inner = self.inner.lock();
+        // The contract: always inside a flagged invalidation of this address.
+        warn_on!(!(inner.in_progress > 0 && address >= inner.inv_start && address < inner.inv_end));
+        let old = inner.table.lookup(address);
+        let counter = if !old.present() {
+            Counter::change_pte_absent
+        } else if !pte.present() || (old.writable() && pte.pfn() != old.pfn()) {
+            // A writable entry must never move to a new page: its writes would be lost.
+            inner.table.zap(address, address + PAGE_SIZE);
+            Counter::change_pte_illegal
+        } else {
+            // Dirty is carried over; the zero page is never dirty through us.
+            let dirty =
+                !pte.zero_page() && ((old.dirty() && old.pfn() == pte.pfn()) || pte.dirty());
+            inner.table.update(address, |_| {
+                Entry::new(
+                    pte.pfn(),
+                    pte.zero_page(),
+                    pte.writable(),
+                    old.accessed(),
+                    dirty,
+                )
+            });
+            Counter::change_pte_updated
+        };
+        self.update_gauges(&inner);
+        drop(inner);
+        self.stats.inc(counter);
+    }
+
+    fn clear_flush_young(&self, _mm: &Mm, start: usize, end: usize) -> bool {
+        self.clear_young(_mm, start, end)
+    }
+
+    fn clear_young(&self, _mm: &Mm, start: usize, end: usize) -> bool {
+        self.stats.inc(Counter::young);
+        let (start, end) = (start.max(self.start), end.min(self.end));
+        if start >= end {
+            return false;
+        }
+        let mut young = false;
+        self.inner.lock().table.for_each_present(start, end, |e| {
+            young |= e.accessed();
+            e.old()
+        });
+        young
+    }
+
+    fn test_young(&self, _mm: &Mm, address: usize) -> bool {
+        self.stats.inc(Counter::young);
+        if address < self.start || address >= self.end {
+            return false;
+        }
+        self.inner
+            .lock()
+            .table
+            .lookup(address & !(PAGE_SIZE - 1))
+            .accessed()
+    }
+}
+
+/// Pages of `len` bytes (rounded down).
+pub(crate) fn pages(len: usize) -> usize {
+    len >> PAGE_SHIFT
+}

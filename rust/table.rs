@@ -1,0 +1,438 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The secondary page table: a four-level radix tree of 512-entry tables, like x86-64's.
+//!
+//! Level 3 (the root) is indexed by address bits 47..39, level 0 (the leaves) by bits 20..12.
+//! A leaf entry holds a page frame number and the present, writable, accessed and dirty bits;
+//! it holds no reference on the page (the MMU notifier keeps it coherent instead).
+//!
+//! Every table is allocated by the caller *before* it takes the lock protecting the tree (see
+//! [`NodeCache`]) and freed as soon as it becomes empty. Walks only descend into populated
+//! subtrees, and each table counts its populated slots, so an invalidation costs in proportion
+//! to the tables holding present entries in its range, not to the size of the range.
+
+use kernel::{page::PAGE_SHIFT, prelude::*};
+
+/// Entries per table.
+const FANOUT: usize = 512;
+/// Address bits translated by one level.
+const LEVEL_BITS: usize = 9;
+/// Number of levels; the root is level `LEVELS - 1`.
+pub(crate) const LEVELS: usize = 4;
+/// First address the table cannot map (48-bit user address space).
+pub(crate) const ADDRESS_LIMIT: usize = 1 << (PAGE_SHIFT + LEVEL_BITS * LEVELS);
+
+/// A leaf entry: `pfn << PAGE_SHIFT | flags`; zero when absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Entry(u64);
+
+impl Entry {
+    const PRESENT: u64 = 1 << 0;
+    const WRITABLE: u64 = 1 << 1;
+    const ACCESSED: u64 = 1 << 2;
+    const DIRTY: u64 = 1 << 3;
+    const ZERO: u64 = 1 << 4;
+
+    /// The absent entry.
+    pub(crate) const NONE: Entry = Entry(0);
+
+    /// A present entry mapping `pfn`, which is the shared zero page if `zero`.
+    pub(crate) fn new(pfn: usize, zero: bool, writable: bool, accessed: bool, dirty: bool) -> Self {
+        let mut bits = ((pfn as u64) << PAGE_SHIFT) | Self::PRESENT;
+        if zero {
+            bits |= Self::ZERO;
+        }
+        if writable {
+            bits |= Self::WRITABLE;
+        }
+        if accessed {
+            bits |= Self::ACCESSED;
+        }
+        if dirty {
+            bits |= Self::DIRTY;
+        }
+        Entry(bits)
+    }
+
+    pub(crate) fn present(self) -> bool {
+        self.0 & Self::PRESENT != 0
+    }
+
+    pub(crate) fn writable(self) -> bool {
+        self.0 & Self::WRITABLE != 0
+    }
+
+    pub(crate) fn accessed(self) -> bool {
+        self.0 & Self::ACCESSED != 0
+    }
+
+    pub(crate) fn dirty(self) -> bool {
+        self.0 & Self::DIRTY != 0
+    }
+
+    /// Whether the entry maps the shared zero page.
+    pub(crate) fn zero(self) -> bool {
+        self.0 & Self::ZERO != 0
+    }
+
+    pub(crate) fn pfn(self) -> usize {
+        (self.0 >> PAGE_SHIFT) as usize
+    }
+
+    /// The same entry with the accessed bit set, and the dirty bit too if `write`.
+    pub(crate) fn touched(self, write: bool) -> Self {
+        let mut bits = self.0 | Self::ACCESSED;
+        if write {
+            bits |= Self::DIRTY;
+        }
+        Entry(bits)
+    }
+
+    /// The same entry with the accessed bit cleared.
+    pub(crate) fn old(self) -> Self {
+        Entry(self.0 & !Self::ACCESSED)
+    }
+}
+
+/// Slots of an interior table.
+type DirSlots = [Option<KBox<Node>>; FANOUT];
+/// Slots of a leaf table: raw [`Entry`] values, so that a zeroed allocation is all absent.
+type LeafSlots = [u64; FANOUT];
+
+/// The 512 slots of one table.
+enum Slots {
+    Dir(KBox<DirSlots>),
+    Leaf(KBox<LeafSlots>),
+}
+
+/// One table of the tree and the number of its populated slots.
+///
+/// # Invariants
+///
+/// `count` is the number of `Some` slots of a `Dir`, or of present entries of a `Leaf`; a
+/// child table in a `Dir` slot is never empty (`count > 0`) outside a [`Table`] method.
+struct Node {
+    count: usize,
+    slots: Slots,
+}
+
+impl Node {
+    fn new_dir() -> Result<KBox<Self>> {
+        let slots = KBox::<DirSlots>::zeroed(GFP_KERNEL)?;
+        Ok(KBox::new(
+            Node {
+                count: 0,
+                slots: Slots::Dir(slots),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    fn new_leaf() -> Result<KBox<Self>> {
+        let slots = KBox::<LeafSlots>::zeroed(GFP_KERNEL)?;
+        Ok(KBox::new(
+            Node {
+                count: 0,
+                slots: Slots::Leaf(slots),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+}
+
+/// Index of `addr` in a table of level `level`.
+fn index(addr: usize, level: usize) -> usize {
+    (addr >> (PAGE_SHIFT + LEVEL_BITS * level)) & (FANOUT - 1)
+}
+
+/// Bytes mapped by one slot of a table of level `level`.
+fn slot_span(level: usize) -> usize {
+    1 << (PAGE_SHIFT + LEVEL_BITS * level)
+}
+
+/// Tables allocated ahead of an insertion, so that [`Table::install`] never allocates with the
+/// tree's lock held (KVM's `kvm_mmu_memory_cache`).
+pub(crate) struct NodeCache {
+    dirs: KVec<KBox<Node>>,
+    leaves: KVec<KBox<Node>>,
+}
+
+impl NodeCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            dirs: KVec::new(),
+            leaves: KVec::new(),
+        }
+    }
+
+    /// Makes sure one insertion can be done: one table per level below the root.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`. May sleep: call it without the tree's lock.
+    pub(crate) fn top_up(&mut self) -> Result {
+        while self.dirs.len() < LEVELS - 2 {
+            self.dirs.push(Node::new_dir()?, GFP_KERNEL)?;
+        }
+        if self.leaves.is_empty() {
+            self.leaves.push(Node::new_leaf()?, GFP_KERNEL)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a walk removed.
+#[derive(Default)]
+pub(crate) struct Zapped {
+    /// Present entries cleared.
+    pub(crate) entries: u64,
+}
+
+/// The secondary page table of one attachment.
+///
+/// # Invariants
+///
+/// `present` is the number of present leaf entries and `pages` the number of tables, including
+/// the root, in the tree.
+pub(crate) struct Table {
+    root: KBox<Node>,
+    present: u64,
+    pages: u64,
+}
+
+impl Table {
+    /// Creates an empty table (just the root).
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            root: Node::new_dir()?,
+            present: 0,
+            pages: 1,
+        })
+    }
+
+    /// Present entries.
+    pub(crate) fn present(&self) -> u64 {
+        self.present
+    }
+
+    /// 4 KiB tables in use, including the root.
+    pub(crate) fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The entry mapping `addr` (`Entry::NONE` if absent). O(levels).
+    pub(crate) fn lookup(&self, addr: usize) -> Entry {
+        let mut node = &*self.root;
+        let mut level = LEVELS - 1;
+        loop {
+            match &node.slots {
+                Slots::Dir(slots) => match &slots[index(addr, level)] {
+                    Some(child) => node = child,
+                    None => return Entry::NONE,
+                },
+                Slots::Leaf(slots) => return Entry(slots[index(addr, 0)]),
+            }
+            level -= 1;
+        }
+    }
+
+    /// Replaces the present entry mapping `addr` with `f(entry)`, which must be present or
+    /// [`Entry::NONE`]. Returns the old entry; does nothing and returns `Entry::NONE` if `addr`
+    /// is not mapped.
+    pub(crate) fn update(&mut self, addr: usize, f: impl FnOnce(Entry) -> Entry) -> Entry {
+        let old = self.lookup(addr);
+        if !old.present() {
+            return Entry::NONE;
+        }
+        let new = f(old);
+        if new.present() {
+            if let Some(slot) = Self::leaf_slot(&mut self.root, addr) {
+                *slot = new.0;
+            }
+        } else {
+            self.zap(addr, addr + (1 << PAGE_SHIFT));
+        }
+        old
+    }
+
+    /// The leaf slot of `addr`, if its leaf table exists.
+    fn leaf_slot(mut node: &mut Node, addr: usize) -> Option<&mut u64> {
+        let mut level = LEVELS - 1;
+        loop {
+            match &mut node.slots {
+                Slots::Dir(slots) => node = slots[index(addr, level)].as_deref_mut()?,
+                Slots::Leaf(slots) => return Some(&mut slots[index(addr, 0)]),
+            }
+            level -= 1;
+        }
+    }
+
+    /// Maps `addr` with `entry` (present), creating missing tables from `cache`, which must have
+    /// been [topped up](NodeCache::top_up). Returns the entry it replaced.
+    pub(crate) fn install(
+        &mut self,
+        addr: usize,
+        entry: Entry,
+        cache: &mut NodeCache,
+    ) -> Result<Entry> {
+        let mut node = &mut *self.root;
+        let mut level = LEVELS - 1;
+        while level > 0 {
+            let Slots::Dir(slots) = &mut node.slots else {
+                return Err(EINVAL);
+            };
+            let slot = &mut slots[index(addr, level)];
+            if slot.is_none() {
+                let child = if level == 1 {
+                    cache.leaves.pop()
+                } else {
+                    cache.dirs.pop()
+                };
+                // `top_up()` provides one table per level; running out is a caller bug.
+                *slot = Some(child.ok_or(ENOMEM)?);
+                node.count += 1;
+                self.pages += 1;
+            }
+            // The slot was filled just above if it was empty.
+            node = slot.as_deref_mut().ok_or(EINVAL)?;
+            level -= 1;
+        }
+        let Slots::Leaf(slots) = &mut node.slots else {
+            return Err(EINVAL);
+        };
+        let slot = &mut slots[index(addr, 0)];
+        let old = Entry(*slot);
+        *slot = entry.0;
+        if !old.present() {
+            node.count += 1;
+            self.present += 1;
+        }
+        Ok(old)
+    }
+
+    /// Clears every entry in `[start, end)`, calling `f` on each present one, and frees the
+    /// tables that become empty. Visits only populated subtrees.
+    pub(crate) fn zap_with(
+        &mut self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(usize, Entry),
+    ) -> Zapped {
+        let mut zapped = Zapped::default();
+        let mut freed = 0;
+        Self::zap_node(
+            &mut self.root,
+            LEVELS - 1,
+            0,
+            start,
+            end,
+            &mut zapped,
+            &mut freed,
+            &mut f,
+        );
+        self.present -= zapped.entries;
+        self.pages -= freed;
+        zapped
+    }
+
+    /// [`Table::zap_with`] without a callback.
+    pub(crate) fn zap(&mut self, start: usize, end: usize) -> Zapped {
+        self.zap_with(start, end, |_, _| {})
+    }
+
+    /// Zaps `[start, end)` in `node`, a table of level `level` whose first slot maps `base`.
+    #[allow(clippy::too_many_arguments)]
+    fn zap_node(
+        node: &mut Node,
+        level: usize,
+        base: usize,
+        start: usize,
+        end: usize,
+        zapped: &mut Zapped,
+        freed: &mut u64,
+        f: &mut impl FnMut(usize, Entry),
+    ) {
+        let span = slot_span(level);
+        let first = if start > base {
+            (start - base) / span
+        } else {
+            0
+        };
+        let last = core::cmp::min(FANOUT, (end - base).div_ceil(span));
+        match &mut node.slots {
+            Slots::Leaf(slots) => {
+                for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
+                    if node.count == 0 {
+                        break;
+                    }
+                    if Entry(*slot).present() {
+                        f(base + i * span, Entry(*slot));
+                        *slot = 0;
+                        node.count -= 1;
+                        zapped.entries += 1;
+                    }
+                }
+            }
+            Slots::Dir(slots) => {
+                for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
+                    if node.count == 0 {
+                        break;
+                    }
+                    let Some(child) = slot else { continue };
+                    let child_base = base + i * span;
+                    Self::zap_node(child, level - 1, child_base, start, end, zapped, freed, f);
+                    if child.count == 0 {
+                        // Dropping the child frees it and its slots (it has no children left).
+                        *slot = None;
+                        node.count -= 1;
+                        *freed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `f` on every present entry in `[start, end)`, replacing it with the result, which
+    /// must be present.
+    pub(crate) fn for_each_present(
+        &mut self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(Entry) -> Entry,
+    ) {
+        Self::walk_node(&mut self.root, LEVELS - 1, 0, start, end, &mut f);
+    }
+
+    fn walk_node(
+        node: &mut Node,
+        level: usize,
+        base: usize,
+        start: usize,
+        end: usize,
+        f: &mut impl FnMut(Entry) -> Entry,
+    ) {
+        let span = slot_span(level);
+        let first = if start > base {
+            (start - base) / span
+        } else {
+            0
+        };
+        let last = core::cmp::min(FANOUT, (end - base).div_ceil(span));
+        match &mut node.slots {
+            Slots::Leaf(slots) => {
+                for slot in slots.iter_mut().take(last).skip(first) {
+                    if Entry(*slot).present() {
+                        *slot = f(Entry(*slot)).0;
+                    }
+                }
+            }
+            Slots::Dir(slots) => {
+                for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
+                    if let Some(child) = slot {
+                        Self::walk_node(child, level - 1, base + i * span, start, end, f);
+                    }
+                }
+            }
+        }
+    }
+}
