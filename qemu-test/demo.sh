@@ -2,32 +2,28 @@
 # SPDX-License-Identifier: GPL-2.0
 # The guest half of `make run`. Runs inside the test guest as /tests/demo.
 set -e
+N=1024
 echo "==== shadowpt demo ===="
-echo "guest kernel: $(uname -r), KSM: $([ -f /sys/kernel/mm/ksm/run ] && echo available || echo missing)"
+echo "guest kernel: $(uname -r) (with the change_pte series), KSM: $([ -f /sys/kernel/mm/ksm/run ] && echo available || echo missing)"
 echo
 echo "\$ insmod /lib/modules/shadowpt.ko"
 insmod /lib/modules/shadowpt.ko
-echo "\$ ls -l /dev/shadowpt"
-ls -l /dev/shadowpt
-echo "\$ find /sys/kernel/debug/shadowpt"
-find /sys/kernel/debug/shadowpt
-for f in $(find /sys/kernel/debug/shadowpt -type f); do
-	echo "\$ cat $f"
-	cat "$f"
+echo "\$ ls /dev/shadowpt /sys/kernel/debug/shadowpt"
+ls /dev/shadowpt /sys/kernel/debug/shadowpt
+echo
+echo "A process fills $N + 1 identical pages and mirrors $N of them in shadowpt (written through"
+echo "the table, so every entry is present and writable). KSM merges them, the process writes"
+echo "each page (COW break), and after each step the $N pages are read again through the table."
+echo "Same run twice: 'change_pte' mode honours the series' range flag and updates entries in"
+echo "->change_pte(); 'zap' mode zaps on every invalidation, which is what mainline does."
+echo
+echo "\$ sptest ksm_demo $N"
+sptest ksm_demo $N
+echo
+echo "Global counters after both runs (/sys/kernel/debug/shadowpt/global/):"
+for f in /sys/kernel/debug/shadowpt/global/*; do
+	printf '  %-20s %s\n' "$(basename "$f")" "$(cat "$f")"
 done
 echo "\$ rmmod shadowpt"
 rmmod shadowpt
-echo "\$ ls /dev/shadowpt /sys/kernel/debug/shadowpt"
-ls /dev/shadowpt /sys/kernel/debug/shadowpt 2>&1 || true
-echo
-echo "The module registered /dev/shadowpt and its debugfs tree, and removed both on unload."
-echo
-echo "Is ->change_pte() reachable? A minimal notifier (spt_cptest.ko) tracks 64 pages that KSM"
-echo "merges and the process then writes; 'keep' honours the change_pte range flag, 'zap' ignores"
-echo "it like every notifier since 2012:"
-echo "\$ sptest change_pte_reachable"
-sptest change_pte_reachable
-echo
-echo "With the flag, every KSM write-protect/replace and COW break updates the entry in place;"
-echo "without it, the same calls find nothing to update (the dead code Linux 6.10 removed)."
 echo "==== end of demo ===="

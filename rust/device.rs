@@ -70,6 +70,8 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        // Runs before the fields are dropped, i.e. before unregistration calls `release`.
+        self.mirror().detaching();
         ATTACHMENTS.fetch_sub(1, Relaxed);
     }
 }

@@ -92,12 +92,17 @@ struct Inner {
     inv_end: usize,
     /// Set by `release`: the address space is gone, nothing may be mapped any more.
     dead: bool,
+    /// Set by [`Mirror::detaching`]: the coming `release` comes from unregistration, not exit.
+    detaching: bool,
 }
 
 impl Inner {
     /// Whether a fault that sampled `seq` must retry instead of installing `addr`
     /// (KVM's `mmu_invalidate_retry_gfn`).
     fn must_retry(&self, seq: u64, addr: usize) -> bool {
+        if cfg!(shadowpt_break = "no_seq_check") {
+            return false;
+        }
         (self.in_progress > 0 && addr >= self.inv_start && addr < self.inv_end) || self.seq != seq
     }
 }
@@ -154,6 +159,7 @@ impl Mirror {
                     inv_start: 0,
                     inv_end: 0,
                     dead: false,
+                    detaching: false,
                 },
                 "shadowpt::Mirror::inner"
             ),
@@ -348,6 +354,12 @@ impl Mirror {
         }
     }
 
+    /// Announces that the registration is about to be dropped (detach or close), so that the
+    /// `release` it triggers is not counted as an exit.
+    pub(crate) fn detaching(&self) {
+        self.inner.lock().detaching = true;
+    }
+
     /// Whether `range` intersects the attachment.
     fn overlaps(&self, range: &Range) -> bool {
         range.start() < self.end && range.end() > self.start
@@ -370,11 +382,11 @@ impl Mirror {
 impl MmuNotifier for Mirror {
     fn release(&self, _mm: &Mm) {
         let mut inner = self.inner.lock();
-        // May run twice (exit, then unregistration); count the first.
-        if !inner.dead {
-            inner.dead = true;
+        // May run twice (exit, then unregistration): count the exit only.
+        if !inner.dead && !inner.detaching {
             self.stats.inc(Counter::releases);
         }
+        inner.dead = true;
         let zapped = self.zap_locked(&mut inner, self.start, self.end);
         drop(inner);
         self.stats.add(Counter::zapped, zapped);
@@ -397,8 +409,9 @@ impl MmuNotifier for Mirror {
         // A flagged range covers one base page whose entry `change_pte` will update: keep it.
         let keep = self.mode == Mode::ChangePte
             && range.change_pte()
-            && range.end() - range.start() == PAGE_SIZE;
-        let zapped = if keep {
+            && range.end() - range.start() == PAGE_SIZE
+            && !cfg!(shadowpt_break = "ignore_flag");
+        let zapped = if keep || cfg!(shadowpt_break = "no_zap") {
             0
         } else {
             self.zap_locked(&mut inner, range.start(), range.end())

@@ -7,6 +7,7 @@
 
 mod cptest;
 mod ksm;
+mod ksmproof;
 mod lifecycle;
 mod mem;
 mod mirror;
@@ -49,6 +50,15 @@ const TESTS: &[Test] = &[
     Test {
         name: "mirror_lifecycle",
         run: mirror::lifecycle,
+    },
+    Test {
+        name: "ksm_proof",
+        run: ksmproof::proof,
+    },
+    // The `make run` demo's scenario (not in the default suite: ksm_proof covers it).
+    Test {
+        name: "ksm_demo",
+        run: ksmproof::demo,
     },
     Test {
         name: "change_pte_reachable",

@@ -763,7 +763,13 @@ pub fn lifecycle(_: &[String]) -> Result<(), String> {
         )?;
     }
     eq_or("stats.mode", st.mode as u64, MODE_ZAP as u64)?;
+    let releases = debugfs_counter("global", "releases")?;
     drop(s);
+    eq_or(
+        "releases after close (unregistration is not an exit)",
+        debugfs_counter("global", "releases")?,
+        releases,
+    )?;
     check(!std::path::Path::new(&dir).exists(), || {
         format!("{dir} still exists after close")
     })?;
