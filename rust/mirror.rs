@@ -50,7 +50,7 @@ use kernel::{
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
     sync::{Arc, SpinLock},
-    time::{delay::fsleep, Delta},
+    time::{delay::fsleep, Delta, Instant, Monotonic},
     warn_on,
 };
 
@@ -397,6 +397,7 @@ impl MmuNotifier for Mirror {
         if !self.overlaps(range) {
             return Ok(());
         }
+        let t0 = Instant::<Monotonic>::now();
         let mut inner = self.inner.lock();
         inner.in_progress += 1;
         if inner.in_progress == 1 {
@@ -419,6 +420,7 @@ impl MmuNotifier for Mirror {
         drop(inner);
         self.stats.inc(Counter::invalidate_start);
         self.stats.add(Counter::zapped, zapped);
+        self.stats.add(Counter::invalidate_ns, nanos(t0));
         Ok(())
     }
 
@@ -439,6 +441,7 @@ impl MmuNotifier for Mirror {
             return;
         }
         self.stats.inc(Counter::change_pte);
+        let t0 = Instant::<Monotonic>::now();
         let mut inner = self.inner.lock();
         // The contract: always inside a flagged invalidation of this address.
         warn_on!(!(inner.in_progress > 0 && address >= inner.inv_start && address < inner.inv_end));
@@ -467,6 +470,7 @@ impl MmuNotifier for Mirror {
         self.update_gauges(&inner);
         drop(inner);
         self.stats.inc(counter);
+        self.stats.add(Counter::change_pte_ns, nanos(t0));
     }
 
     fn clear_flush_young(&self, _mm: &Mm, start: usize, end: usize) -> bool {
@@ -498,6 +502,11 @@ impl MmuNotifier for Mirror {
             .lookup(address & !(PAGE_SIZE - 1))
             .accessed()
     }
+}
+
+/// Nanoseconds since `t0`.
+fn nanos(t0: Instant<Monotonic>) -> u64 {
+    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0)
 }
 
 /// Pages of `len` bytes (rounded down).

@@ -40,7 +40,7 @@ macro_rules! counters {
             }
 
             /// Values in ABI order.
-            pub(crate) fn values(&self) -> [u64; [$(stringify!($name)),*].len()] {
+            pub(crate) fn values(&self) -> [u64; crate::uapi::STATS_FIELDS] {
                 [$(self.$name.load(Relaxed)),*]
             }
 
@@ -66,6 +66,8 @@ counters!(
     young,
     present,
     table_pages,
+    invalidate_ns,
+    change_pte_ns,
 );
 
 /// The global counters: the sum over every attachment, past and present.

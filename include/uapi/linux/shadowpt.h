@@ -98,6 +98,8 @@ struct shadowpt_stats {
 	__u64 young;
 	__u64 present;
 	__u64 table_pages;
+	__u64 invalidate_ns;
+	__u64 change_pte_ns;
 };
 
 #define SHADOWPT_IOC_ATTACH	_IOWR(SHADOWPT_IOCTL_TYPE, 1, struct shadowpt_attach)

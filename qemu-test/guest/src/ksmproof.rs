@@ -35,6 +35,8 @@ fn delta(a: &Stats, b: &Stats) -> Stats {
     d.change_pte_illegal -= a.change_pte_illegal;
     d.releases -= a.releases;
     d.young -= a.young;
+    d.invalidate_ns -= a.invalidate_ns;
+    d.change_pte_ns -= a.change_pte_ns;
     d
 }
 

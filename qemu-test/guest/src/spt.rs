@@ -82,10 +82,12 @@ pub struct Stats {
     pub young: u64,
     pub present: u64,
     pub table_pages: u64,
+    pub invalidate_ns: u64,
+    pub change_pte_ns: u64,
 }
 
 /// Counter names in ABI order, as debugfs names its files.
-pub const COUNTERS: [&str; 13] = [
+pub const COUNTERS: [&str; 15] = [
     "faults",
     "fault_retries",
     "invalidate_start",
@@ -99,10 +101,12 @@ pub const COUNTERS: [&str; 13] = [
     "young",
     "present",
     "table_pages",
+    "invalidate_ns",
+    "change_pte_ns",
 ];
 
 impl Stats {
-    pub fn values(&self) -> [u64; 13] {
+    pub fn values(&self) -> [u64; 15] {
         [
             self.faults,
             self.fault_retries,
@@ -117,6 +121,8 @@ impl Stats {
             self.young,
             self.present,
             self.table_pages,
+            self.invalidate_ns,
+            self.change_pte_ns,
         ]
     }
 }
