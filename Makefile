@@ -5,6 +5,7 @@
 #   make              build shadowpt.ko (sets up tools and the test kernel if missing)
 #   make run          the demo: boot the guest, load the module, show what it does
 #   make check        everything: host checks, harness self-tests, guest test suite
+#   make bench        benchmarks -> Documentation/benchmarks.md (long: BENCH_MAX=65536 is shorter)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
 #   make check-series every prefix of patches/ applies and builds (slow)
 #   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
@@ -33,13 +34,13 @@ OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules test-modules setup kernel guest initramfs run check selftest check-series compare-hmm \
+.PHONY: all modules test-modules setup kernel guest initramfs run check selftest bench check-series compare-hmm \
 	clean help
 
 all: modules
 
 help:
-	@sed -n '3,12p' Makefile
+	@sed -n '3,13p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -72,6 +73,10 @@ run: initramfs
 
 check: initramfs
 	@$(QT)/check
+
+# Benchmarks: writes Documentation/benchmarks.md (BENCH_MAX=65536 for a shorter run).
+bench: initramfs
+	@$(QT)/bench
 
 selftest: initramfs
 	@$(QT)/selftest

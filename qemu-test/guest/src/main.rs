@@ -5,6 +5,7 @@
 //! One static binary; each test is a symlink `/tests/<name>` to it (dispatch on argv[0]), or
 //! `sptest <name>`. A test prints what it checks and exits 0 on success, non-zero on failure.
 
+mod bench;
 mod cptest;
 mod ksm;
 mod ksmproof;
@@ -54,6 +55,11 @@ const TESTS: &[Test] = &[
     Test {
         name: "ksm_proof",
         run: ksmproof::proof,
+    },
+    // `make bench` (not in the default suite).
+    Test {
+        name: "bench",
+        run: bench::bench,
     },
     // The `make run` demo's scenario (not in the default suite: ksm_proof covers it).
     Test {

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `make bench`: what change_pte buys, what the callbacks cost, shadowpt against test_hmm.
+//!
+//! Prints one CSV line per measurement, prefixed with `BENCH,`; `scripts/bench-report` turns them
+//! into `Documentation/benchmarks.md`. Every number is measured in this one boot; the report only
+//! compares numbers of the same run (ratios), since TCG timings mean nothing in absolute terms.
+//! Counts (faults, calls) come from shadowpt's and test_hmm's own counters, times from
+//! `CLOCK_MONOTONIC` around the one system call or loop being measured.
+
+use crate::ksm;
+use crate::mem::{Mapping, PAGE};
+use crate::spt::*;
+use crate::util::*;
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+fn us(t: Instant) -> u128 {
+    t.elapsed().as_micros()
+}
+
+/// Fills every page of `m` with the same content (generation `g`).
+fn fill_same(m: &Mapping, g: u8) {
+    let page: Vec<u8> = (0..PAGE).map(|j| (j as u8) ^ g ^ 0xa5).collect();
+    for i in 0..m.pages() {
+        m.put(i * PAGE, &page);
+    }
+}
+
+/// Runs KSM until all `total` pages are merged; returns the time it took.
+fn merge(m: &Mapping, total: usize) -> Result<Duration, String> {
+    ksm::reset(total)?;
+    ksm::write("max_page_sharing", &(total + 2).to_string())?;
+    m.madvise(libc::MADV_MERGEABLE)?;
+    let t0 = Instant::now();
+    ksm::run_until(Duration::from_secs(600), || {
+        Ok(ksm::read("pages_shared")? + ksm::read("pages_sharing")? == total as u64)
+    })?;
+    Ok(t0.elapsed())
+}
+
+fn mode_name(mode: u32) -> &'static str {
+    if mode == MODE_CHANGE_PTE {
+        "change_pte"
+    } else {
+        "zap"
+    }
+}
+
+/// Re-access after a KSM merge and after a COW break, and KSM's merge time with this mirror.
+fn reaccess(n: usize, mode: Option<u32>, rep: usize) -> Result<(), String> {
+    let m = Mapping::anon(n + 1)?;
+    fill_same(&m, rep as u8);
+    let Some(mode) = mode else {
+        let t = merge(&m, n + 1)?;
+        println!("BENCH,ksm_merge,none,{n},{rep},{}", t.as_micros());
+        return ksm::write("run", "2");
+    };
+    let name = mode_name(mode);
+    let s = Spt::open()?;
+    let addr = m.addr + PAGE;
+    s.attach(addr, n * PAGE, mode)?;
+    s.fault(addr, n * PAGE, true)?;
+    let t = merge(&m, n + 1)?;
+    println!("BENCH,ksm_merge,{name},{n},{rep},{}", t.as_micros());
+    // Re-access: the table walk (FAULT ioctl) and a read of the data (READ ioctl).
+    for phase in ["merge", "cow"] {
+        if phase == "cow" {
+            let st = s.stats()?;
+            let t0 = Instant::now();
+            for i in 1..=n {
+                m.put(i * PAGE + 1, &[0xee]);
+            }
+            let cow_us = us(t0);
+            let d = s.stats()?;
+            println!(
+                "BENCH,cow_write,{name},{n},{rep},{cow_us},{},{}",
+                d.change_pte - st.change_pte,
+                d.change_pte_ns - st.change_pte_ns
+            );
+        }
+        let t0 = Instant::now();
+        let faults = s.fault(addr, n * PAGE, false)?;
+        let fault_us = us(t0);
+        let mut buf = vec![0u8; n * PAGE];
+        let t0 = Instant::now();
+        let rf = s
+            .try_read(addr, &mut buf)
+            .map_err(|e| format!("read: {}", errname(e)))?;
+        let read_us = us(t0);
+        check(rf == 0, || format!("READ after FAULT took {rf} faults"))?;
+        check(buf == m.bytes(PAGE, n * PAGE), || "data differs".into())?;
+        println!("BENCH,reaccess,{phase},{name},{n},{rep},{faults},{fault_us},{read_us}");
+    }
+    let st = s.stats()?;
+    // Merge-phase callback cost: every change_pte of the merge and COW phases.
+    println!(
+        "BENCH,callbacks,{name},{n},{rep},{},{},{},{},{}",
+        st.change_pte, st.change_pte_ns, st.invalidate_start, st.invalidate_ns, st.zapped
+    );
+    ksm::write("run", "2")
+}
+
+/// ns per zapped entry: one MADV_DONTNEED over `n` present entries; and the sparse case: a
+/// 1 GiB attachment with 16 present entries against a 16-page attachment with 16 entries.
+fn zap_cost(rep: usize) -> Result<(), String> {
+    // Dense: n entries zapped by one invalidation.
+    for n in [16usize, 4096, 65536] {
+        let m = Mapping::anon(n)?;
+        fill_same(&m, 3);
+        let s = Spt::open()?;
+        s.attach(m.addr, m.len, MODE_ZAP)?;
+        s.fault(m.addr, m.len, false)?;
+        let st = s.stats()?;
+        m.madvise(libc::MADV_DONTNEED)?;
+        let d = s.stats()?;
+        check(d.zapped - st.zapped == n as u64, || {
+            "dense zap count".into()
+        })?;
+        println!(
+            "BENCH,zap_dense,{n},{rep},{},{}",
+            d.invalidate_ns - st.invalidate_ns,
+            d.invalidate_start - st.invalidate_start
+        );
+    }
+    // Sparse: 1 GiB attached, 16 pages present (one every 64 MiB), one invalidation of it all.
+    let pages = (1usize << 30) / PAGE;
+    let big = Mapping::anon(pages)?;
+    let s = Spt::open()?;
+    s.attach(big.addr, big.len, MODE_ZAP)?;
+    for k in 0..16 {
+        let i = k * (pages / 16);
+        big.put(i * PAGE, &[1]);
+        s.fault(big.addr + i * PAGE, PAGE, false)?;
+    }
+    let st = s.stats()?;
+    big.madvise(libc::MADV_DONTNEED)?;
+    let d = s.stats()?;
+    check(d.zapped - st.zapped == 16, || {
+        format!("sparse zap: {} entries", d.zapped - st.zapped)
+    })?;
+    println!(
+        "BENCH,zap_sparse,1GiB,{rep},{},{}",
+        d.invalidate_ns - st.invalidate_ns,
+        d.invalidate_start - st.invalidate_start
+    );
+    drop(s);
+    drop(big);
+    let small = Mapping::anon(16)?;
+    let s = Spt::open()?;
+    s.attach(small.addr, small.len, MODE_ZAP)?;
+    for i in 0..16 {
+        small.put(i * PAGE, &[1]);
+    }
+    s.fault(small.addr, small.len, false)?;
+    let st = s.stats()?;
+    small.madvise(libc::MADV_DONTNEED)?;
+    let d = s.stats()?;
+    println!(
+        "BENCH,zap_sparse,16pages,{rep},{},{}",
+        d.invalidate_ns - st.invalidate_ns,
+        d.invalidate_start - st.invalidate_start
+    );
+    Ok(())
+}
+
+/// `struct hmm_dmirror_cmd` of `lib/test_hmm_uapi.h`.
+#[repr(C)]
+#[derive(Default)]
+struct DmirrorCmd {
+    addr: u64,
+    ptr: u64,
+    npages: u64,
+    cpages: u64,
+    faults: u64,
+}
+
+/// `HMM_DMIRROR_READ` = `_IOWR('H', 0x00, struct hmm_dmirror_cmd)`.
+const HMM_DMIRROR_READ: u64 = (3 << 30) | (40 << 16) | ((b'H' as u64) << 8);
+
+fn dmirror_read(fd: i32, addr: usize, buf: &mut [u8]) -> Result<u64, String> {
+    let mut cmd = DmirrorCmd {
+        addr: addr as u64,
+        ptr: buf.as_mut_ptr() as u64,
+        npages: (buf.len() / PAGE) as u64,
+        ..Default::default()
+    };
+    raw_ioctl(fd, HMM_DMIRROR_READ, &mut cmd as *mut _ as usize)
+        .map_err(|e| format!("HMM_DMIRROR_READ: {}", errname(e)))?;
+    Ok(cmd.faults)
+}
+
+/// shadowpt against test_hmm's dmirror on the same pages: first touch, and re-read after a merge.
+fn versus_hmm(n: usize, rep: usize) -> Result<(), String> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/hmm_dmirror0")
+        .map_err(|e| format!("/dev/hmm_dmirror0: {e}"))?;
+    let fd = dev.as_raw_fd();
+    // Two separate copies of the same workload, so that each mirror faults its own pages.
+    let mut buf = vec![0u8; n * PAGE];
+    let hm = Mapping::anon(n)?;
+    fill_same(&hm, 7);
+    let t0 = Instant::now();
+    let hf = dmirror_read(fd, hm.addr, &mut buf)?;
+    let h_first = us(t0);
+    let sm = Mapping::anon(n)?;
+    fill_same(&sm, 7);
+    let s = Spt::open()?;
+    s.attach(sm.addr, sm.len, MODE_CHANGE_PTE)?;
+    let t0 = Instant::now();
+    let sf = s
+        .try_read(sm.addr, &mut buf)
+        .map_err(|e| format!("read: {}", errname(e)))?;
+    let s_first = us(t0);
+    println!("BENCH,vs_hmm,first,{n},{rep},{hf},{h_first},{sf},{s_first}");
+    // Merge both copies together (2n identical pages), then re-read each through its mirror.
+    ksm::reset(2 * n)?;
+    ksm::write("max_page_sharing", &(2 * n + 2).to_string())?;
+    hm.madvise(libc::MADV_MERGEABLE)?;
+    sm.madvise(libc::MADV_MERGEABLE)?;
+    ksm::run_until(Duration::from_secs(600), || {
+        Ok(ksm::read("pages_shared")? + ksm::read("pages_sharing")? == 2 * n as u64)
+    })?;
+    let t0 = Instant::now();
+    let hf = dmirror_read(fd, hm.addr, &mut buf)?;
+    let h_re = us(t0);
+    check(buf == hm.bytes(0, n * PAGE), || "dmirror data".into())?;
+    let t0 = Instant::now();
+    let sf = s
+        .try_read(sm.addr, &mut buf)
+        .map_err(|e| format!("read: {}", errname(e)))?;
+    let s_re = us(t0);
+    check(buf == sm.bytes(0, n * PAGE), || "shadowpt data".into())?;
+    println!("BENCH,vs_hmm,after_merge,{n},{rep},{hf},{h_re},{sf},{s_re}");
+    ksm::write("run", "2")
+}
+
+/// `bench [MAX_N]`: the whole benchmark (see Documentation/benchmarks.md).
+pub fn bench(args: &[String]) -> Result<(), String> {
+    ensure_loaded()?;
+    // The largest N: the argument, else `shadowpt.bench_max=` on the kernel command line.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let from_cmdline = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("shadowpt.bench_max="))
+        .map(str::to_string);
+    let max: usize = match args.first().cloned().or(from_cmdline) {
+        Some(a) => a.parse().map_err(|e| format!("{a}: {e}"))?,
+        None => 262144,
+    };
+    let uname = sh("uname", &["-r"])?;
+    println!("BENCH,machine,{},{}", uname.trim(), num_cpus());
+    let sizes: Vec<usize> = [1024usize, 4096, 16384, 65536, 262144]
+        .into_iter()
+        .filter(|&n| n <= max)
+        .collect();
+    for &n in &sizes {
+        let reps = if n >= 262144 { 1 } else { 3 };
+        for rep in 0..reps {
+            for mode in [Some(MODE_CHANGE_PTE), Some(MODE_ZAP), None] {
+                let t0 = Instant::now();
+                reaccess(n, mode, rep)?;
+                eprintln!(
+                    "bench: N={n} {:?} rep {rep}: {:?}",
+                    mode.map(mode_name),
+                    t0.elapsed()
+                );
+            }
+        }
+    }
+    for rep in 0..5 {
+        zap_cost(rep)?;
+    }
+    let _ = sh("insmod", &["/lib/modules/test_hmm.ko"]);
+    for &n in sizes.iter().filter(|&&n| n <= 65536) {
+        for rep in 0..3 {
+            versus_hmm(n, rep)?;
+        }
+    }
+    let _ = sh("rmmod", &["test_hmm"]);
+    println!("bench: done");
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
