@@ -6,6 +6,7 @@
 #   make run          the demo: boot the guest, load the module, show what it does
 #   make check        everything: host checks, harness self-tests, guest test suite
 #   make bench        benchmarks -> Documentation/benchmarks.md (long: BENCH_MAX=65536 is shorter)
+#   make stress       30-minute coherence stress run (STRESS_SECS=, SEED=)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
 #   make check-series every prefix of patches/ applies and builds (slow)
 #   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
@@ -34,13 +35,13 @@ OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules test-modules setup kernel guest initramfs run check selftest bench check-series compare-hmm \
+.PHONY: all modules test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
 	clean help
 
 all: modules
 
 help:
-	@sed -n '3,13p' Makefile
+	@sed -n '3,14p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -77,6 +78,12 @@ check: initramfs
 # Benchmarks: writes Documentation/benchmarks.md (BENCH_MAX=65536 for a shorter run).
 bench: initramfs
 	@$(QT)/bench
+
+# Long stress run (STRESS_SECS, default 1800; SEED to reproduce a run).
+stress: initramfs
+	@$(QT)/run -q -t stress,fuzz -T $$(( $${STRESS_SECS:-1800} + 600 )) -p $$(( $${STRESS_SECS:-1800} + 300 )) \
+		-a "shadowpt.stress_secs=$${STRESS_SECS:-1800} $${SEED:+shadowpt.seed=$$SEED}" -l $(OUT)/stress-log; \
+		rc=$$?; tr -d '\r' <$(OUT)/stress-log/console.log | grep -E '^(stress|fuzz): '; exit $$rc
 
 selftest: initramfs
 	@$(QT)/selftest

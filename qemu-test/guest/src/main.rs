@@ -7,12 +7,14 @@
 
 mod bench;
 mod cptest;
+mod fuzz;
 mod ksm;
 mod ksmproof;
 mod lifecycle;
 mod mem;
 mod mirror;
 mod spt;
+mod stress;
 mod util;
 
 use std::process::exit;
@@ -55,6 +57,14 @@ const TESTS: &[Test] = &[
     Test {
         name: "ksm_proof",
         run: ksmproof::proof,
+    },
+    Test {
+        name: "fuzz",
+        run: fuzz::fuzz,
+    },
+    Test {
+        name: "stress",
+        run: stress::stress,
     },
     // `make bench` (not in the default suite).
     Test {

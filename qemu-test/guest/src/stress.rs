@@ -1,0 +1,500 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Coherence under churn: secondary reads, writes and faults from several threads while other
+//! threads change the same memory in every way the core mm can, with every value read through the
+//! table checked against a model of what the process wrote. Seeded and reproducible from the
+//! printed seed; bounded in time.
+//!
+//! # The model
+//!
+//! Region A (process-owned): page `i` holds an 8-byte version stamp at offset 0 (the rest of the
+//! page repeats it, so that pages of the same version are identical and KSM merges them). Only the
+//! churn thread changes A, and it brackets every change: `started[i]` is raised before,
+//! `committed[i]` after. A reader samples `committed[i]` (c0) and `started[i]` (s0) before its
+//! read through the table and `started[i]` (s1) after. If no change overlapped (c0 == s0 == s1),
+//! the value read must be exactly the committed version: anything else is a **stale read**. If a
+//! change overlapped, any version in `[c0, s1]` is accepted (the read raced a write).
+//! `MADV_DONTNEED` and unmap+remap are changes to version 0 (zero-filled pages).
+//!
+//! Region B (device-owned): only a writer thread writes it, through the table (like DMA). After
+//! each write returns, the process's own mapping must show the value: otherwise the table wrote
+//! into a page the process no longer maps (a **lost write**). The churn on B preserves data (KSM,
+//! fork, mprotect, migration, compaction, THP), so the process's view never changes by itself.
+
+use crate::ksm;
+use crate::mem::{Mapping, PAGE};
+use crate::spt::*;
+use crate::util::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// xorshift64*: small, seedable, good enough to pick operations.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const A_PAGES: usize = 512;
+/// Pages of A that the hammer thread owns: written and zapped in a tight loop.
+const HOT: usize = 8;
+const B_PAGES: usize = 64;
+
+#[derive(Default)]
+struct Counts {
+    reads_checked: AtomicU64,
+    reads_raced: AtomicU64,
+    reads_efault: AtomicU64,
+    stale: AtomicU64,
+    dev_writes: AtomicU64,
+    lost_writes: AtomicU64,
+    ops: [AtomicU64; OPS.len()],
+    op_errors: AtomicU64,
+    hammer: AtomicU64,
+}
+
+const OPS: [&str; 13] = [
+    "write",
+    "dontneed",
+    "remap",
+    "mremap",
+    "mprotect",
+    "fork",
+    "ksm-merge",
+    "ksm-unmerge",
+    "thp-collapse",
+    "thp-split",
+    "compact",
+    "migrate",
+    "prefault",
+];
+
+struct Shared {
+    a: usize,
+    b: usize,
+    started: Vec<AtomicU64>,
+    committed: Vec<AtomicU64>,
+    stop: AtomicBool,
+    counts: Counts,
+    version: AtomicU64,
+}
+
+fn fill_version(addr: usize, v: u64) {
+    // SAFETY: `addr` is a page of region A, mapped read-write by the churn thread (the only
+    // writer of A).
+    let p = addr as *mut u64;
+    for k in 0..PAGE / 8 {
+        // SAFETY: Inside the page.
+        unsafe { p.add(k).write_volatile(v) };
+    }
+}
+
+fn read_u64(addr: usize) -> u64 {
+    // SAFETY: A mapped, readable page of our own.
+    unsafe { (addr as *const u64).read_volatile() }
+}
+
+/// One churn operation on region A (and the data-preserving ones on B).
+fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
+    let op = rng.below(OPS.len());
+    // Pages 0..HOT belong to the hammer thread; the churn thread changes only the others.
+    let first = HOT + rng.below(A_PAGES - HOT);
+    let len = 1 + rng.below((A_PAGES - first).min(64));
+    let addr = sh.a + first * PAGE;
+    // A change of the values of `pages`: `begin` before, `end` after (see the model).
+    let begin = |pages: std::ops::Range<usize>| {
+        for i in pages {
+            sh.started[i].fetch_add(1, SeqCst);
+        }
+    };
+    let end = |pages: std::ops::Range<usize>, value: u64| {
+        for i in pages {
+            VALUE[i].store(value, SeqCst);
+            sh.committed[i].store(sh.started[i].load(SeqCst), SeqCst);
+        }
+    };
+    let pages = first..first + len;
+    let r: Result<(), String> = match OPS[op] {
+        "write" => {
+            let v = sh.version.fetch_add(1, SeqCst) + 1;
+            begin(pages.clone());
+            for i in pages.clone() {
+                fill_version(sh.a + i * PAGE, v);
+            }
+            end(pages.clone(), v);
+            Ok(())
+        }
+        "dontneed" | "remap" => {
+            begin(pages.clone());
+            let m = Mapping {
+                addr,
+                len: len * PAGE,
+            };
+            let r = if OPS[op] == "dontneed" {
+                m.madvise(libc::MADV_DONTNEED)
+            } else {
+                // SAFETY: Replacing part of region A with fresh anonymous memory.
+                let p = unsafe {
+                    libc::mmap(
+                        addr as *mut libc::c_void,
+                        len * PAGE,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if p as usize == addr {
+                    Ok(())
+                } else {
+                    Err("remap".into())
+                }
+            };
+            std::mem::forget(m);
+            end(pages.clone(), 0);
+            r
+        }
+        "mremap" => {
+            // Move the pages away and back: same data, new page tables, and a window in which
+            // the range is unmapped (reads may get EFAULT). Data-preserving: no version change.
+            let tmp = Mapping::anon(len)?;
+            // SAFETY: Moving part of region A onto our scratch mapping and back.
+            let r = unsafe {
+                let p = libc::mremap(
+                    addr as *mut libc::c_void,
+                    len * PAGE,
+                    len * PAGE,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    tmp.addr as *mut libc::c_void,
+                );
+                let q = libc::mremap(
+                    tmp.addr as *mut libc::c_void,
+                    len * PAGE,
+                    len * PAGE,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    addr as *mut libc::c_void,
+                );
+                if p == libc::MAP_FAILED || q == libc::MAP_FAILED {
+                    Err("mremap".to_string())
+                } else {
+                    Ok(())
+                }
+            };
+            std::mem::forget(tmp);
+            r
+        }
+        "mprotect" => {
+            let m = Mapping {
+                addr,
+                len: len * PAGE,
+            };
+            let r = m
+                .mprotect(libc::PROT_READ)
+                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE));
+            std::mem::forget(m);
+            r
+        }
+        "fork" => {
+            // SAFETY: The child only writes its own copies and leaves with `_exit`.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                for i in 0..A_PAGES.min(32) {
+                    fill_version(sh.a + i * PAGE, u64::MAX - 1);
+                }
+                for i in 0..B_PAGES {
+                    // SAFETY: Region B page, a private copy in the child.
+                    unsafe { ((sh.b + i * PAGE) as *mut u64).write_volatile(u64::MAX - 2) };
+                }
+                // SAFETY: Leaving the child.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: Waiting for our child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            Ok(())
+        }
+        "ksm-merge" => {
+            let m = Mapping {
+                addr: sh.a,
+                len: A_PAGES * PAGE,
+            };
+            let r = m.madvise(libc::MADV_MERGEABLE);
+            std::mem::forget(m);
+            let m = Mapping {
+                addr: sh.b,
+                len: B_PAGES * PAGE,
+            };
+            let r2 = m.madvise(libc::MADV_MERGEABLE);
+            std::mem::forget(m);
+            r.and(r2).and_then(|_| ksm::write("run", "1"))
+        }
+        "ksm-unmerge" => ksm::write("run", "2").and_then(|_| ksm::write("run", "1")),
+        "thp-collapse" => {
+            let m = Mapping {
+                addr: sh.a & !(2 * 1024 * 1024 - 1),
+                len: 2 * 1024 * 1024,
+            };
+            let _ = m.madvise(libc::MADV_HUGEPAGE);
+            // MADV_COLLAPSE (25) may fail (not aligned, not enough pages): that is fine.
+            let _ = m.madvise(25);
+            std::mem::forget(m);
+            Ok(())
+        }
+        "thp-split" => {
+            // A protection change of one page in the middle of a huge page splits it.
+            let m = Mapping {
+                addr: addr,
+                len: PAGE,
+            };
+            let r = m
+                .mprotect(libc::PROT_READ)
+                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE));
+            std::mem::forget(m);
+            r
+        }
+        "compact" => std::fs::write("/proc/sys/vm/compact_memory", "1").map_err(|e| e.to_string()),
+        "migrate" => {
+            let n = len;
+            let addrs: Vec<*mut libc::c_void> = (0..n)
+                .map(|k| (addr + k * PAGE) as *mut libc::c_void)
+                .collect();
+            let node = rng.below(2) as i32;
+            let nodes = vec![node; n];
+            let mut status = vec![0i32; n];
+            // SAFETY: Valid arrays of n entries; pid 0 is ourselves.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_move_pages,
+                    0,
+                    n as libc::c_ulong,
+                    addrs.as_ptr(),
+                    nodes.as_ptr(),
+                    status.as_mut_ptr(),
+                    0,
+                )
+            };
+            if r < 0 {
+                Err(format!("move_pages: {}", std::io::Error::last_os_error()))
+            } else {
+                Ok(())
+            }
+        }
+        "prefault" => s
+            .try_fault(addr, len * PAGE, rng.below(2) == 0)
+            .map(|_| ())
+            .or(Ok(())),
+        _ => Ok(()),
+    };
+    sh.counts.ops[op].fetch_add(1, SeqCst);
+    if r.is_err() {
+        sh.counts.op_errors.fetch_add(1, SeqCst);
+    }
+    Ok(())
+}
+
+/// The value the process last stored in page `i` of A (0 after a zap or remap).
+static VALUE: [AtomicU64; A_PAGES] = [const { AtomicU64::new(0) }; A_PAGES];
+
+/// The hammer: on the HOT pages of A, write a new version then `MADV_DONTNEED`, as fast as it
+/// can, so that secondary faults keep racing invalidations that change the page.
+fn hammer(sh: &Shared, mut rng: Rng) {
+    while !sh.stop.load(SeqCst) {
+        let i = rng.below(HOT);
+        let addr = sh.a + i * PAGE;
+        let v = sh.version.fetch_add(1, SeqCst) + 1;
+        sh.started[i].fetch_add(1, SeqCst);
+        fill_version(addr, v);
+        VALUE[i].store(v, SeqCst);
+        sh.committed[i].store(sh.started[i].load(SeqCst), SeqCst);
+        std::thread::yield_now();
+        sh.started[i].fetch_add(1, SeqCst);
+        // SAFETY: One page of region A, owned by this thread.
+        unsafe { libc::madvise(addr as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) };
+        VALUE[i].store(0, SeqCst);
+        sh.committed[i].store(sh.started[i].load(SeqCst), SeqCst);
+        sh.counts.hammer.fetch_add(1, SeqCst);
+        std::thread::yield_now();
+    }
+}
+
+/// A reader: random reads through the table, checked against the model.
+fn reader(sh: &Shared, s: &Spt, mut rng: Rng) {
+    let mut buf = [0u8; 8];
+    while !sh.stop.load(SeqCst) {
+        // Half of the reads go to the hammered pages, where faults race invalidations most.
+        let i = if rng.below(2) == 0 {
+            rng.below(HOT)
+        } else {
+            rng.below(A_PAGES)
+        };
+        let c0 = sh.committed[i].load(SeqCst);
+        let s0 = sh.started[i].load(SeqCst);
+        let v0 = VALUE[i].load(SeqCst);
+        let r = s.try_read(sh.a + i * PAGE + 8 * rng.below(PAGE / 8), &mut buf);
+        let s1 = sh.started[i].load(SeqCst);
+        match r {
+            Err(_) => {
+                sh.counts.reads_efault.fetch_add(1, SeqCst);
+            }
+            Ok(_) => {
+                let got = u64::from_ne_bytes(buf);
+                if c0 == s0 && s0 == s1 {
+                    sh.counts.reads_checked.fetch_add(1, SeqCst);
+                    if got != v0 {
+                        sh.counts.stale.fetch_add(1, SeqCst);
+                        eprintln!(
+                            "stress: STALE read of page {i}: got {got:#x}, the process has {v0:#x}"
+                        );
+                    }
+                } else {
+                    sh.counts.reads_raced.fetch_add(1, SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// The device writer of region B: write through the table, then check the process sees it.
+fn dev_writer(sh: &Shared, s: &Spt, mut rng: Rng) {
+    let mut v = 1u64 << 48;
+    while !sh.stop.load(SeqCst) {
+        let i = rng.below(B_PAGES);
+        v += 1;
+        let addr = sh.b + i * PAGE + 8 * rng.below(PAGE / 8);
+        if s.try_write(addr, &v.to_ne_bytes()).is_ok() {
+            sh.counts.dev_writes.fetch_add(1, SeqCst);
+            let seen = read_u64(addr);
+            if seen != v {
+                sh.counts.lost_writes.fetch_add(1, SeqCst);
+                eprintln!("stress: LOST device write to B page {i}: wrote {v:#x}, the process sees {seen:#x}");
+            }
+        }
+    }
+}
+
+/// `stress [SECONDS] [SEED]`.
+pub fn stress(args: &[String]) -> Result<(), String> {
+    ensure_loaded()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let param = |k: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_string)
+    };
+    let secs: u64 = args
+        .first()
+        .cloned()
+        .or(param("shadowpt.stress_secs="))
+        .map(|a| a.parse().unwrap_or(20))
+        .unwrap_or(20);
+    let seed: u64 = args
+        .get(1)
+        .cloned()
+        .or(param("shadowpt.seed="))
+        .map(|a| a.parse().unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    println!("stress: seed {seed}, {secs} s (rerun: sptest stress {secs} {seed})");
+    ksm::reset(A_PAGES + B_PAGES)?;
+    let _ = std::fs::write("/sys/kernel/mm/transparent_hugepage/enabled", "madvise");
+    let a = Mapping::anon(A_PAGES)?;
+    let b = Mapping::anon(B_PAGES)?;
+    for i in 0..B_PAGES {
+        b.fill(i, 0);
+        b.put(i * PAGE, &[1]);
+    }
+    let sa = Arc::new(Spt::open()?);
+    sa.attach(a.addr, a.len, MODE_CHANGE_PTE)?;
+    let sb = Arc::new(Spt::open()?);
+    sb.attach(b.addr, b.len, MODE_CHANGE_PTE)?;
+    let sh = Arc::new(Shared {
+        a: a.addr,
+        b: b.addr,
+        started: (0..A_PAGES).map(|_| AtomicU64::new(0)).collect(),
+        committed: (0..A_PAGES).map(|_| AtomicU64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+        counts: Counts::default(),
+        version: AtomicU64::new(1),
+    });
+    let mut rng = Rng::new(seed);
+    let mut threads = Vec::new();
+    for t in 0..2 {
+        let (sh, s, r) = (sh.clone(), sa.clone(), Rng::new(rng.next() ^ t));
+        threads.push(std::thread::spawn(move || reader(&sh, &s, r)));
+    }
+    {
+        let (sh, s, r) = (sh.clone(), sb.clone(), Rng::new(rng.next()));
+        threads.push(std::thread::spawn(move || dev_writer(&sh, &s, r)));
+    }
+    {
+        let (sh, r) = (sh.clone(), Rng::new(rng.next()));
+        threads.push(std::thread::spawn(move || hammer(&sh, r)));
+    }
+    let t0 = Instant::now();
+    let mut churn_rng = Rng::new(rng.next());
+    while t0.elapsed() < Duration::from_secs(secs) {
+        churn(&sh, &sa, &mut churn_rng)?;
+    }
+    sh.stop.store(true, SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    ksm::write("run", "2")?;
+    let c = &sh.counts;
+    let ops: Vec<String> = OPS
+        .iter()
+        .zip(&c.ops)
+        .map(|(n, v)| format!("{n}={}", v.load(SeqCst)))
+        .collect();
+    println!(
+        "stress: operations: {} hammer(write+zap)={}",
+        ops.join(" "),
+        c.hammer.load(SeqCst)
+    );
+    println!(
+        "stress: reads checked {} (raced a write {}, EFAULT while unmapped {}), device writes {}, op errors {}",
+        c.reads_checked.load(SeqCst),
+        c.reads_raced.load(SeqCst),
+        c.reads_efault.load(SeqCst),
+        c.dev_writes.load(SeqCst),
+        c.op_errors.load(SeqCst)
+    );
+    let st = sa.stats()?;
+    println!(
+        "stress: region A counters: faults {} retries {} invalidations {} zapped {} change_pte {} (updated {}, absent {}, illegal {})",
+        st.faults, st.fault_retries, st.invalidate_start, st.zapped, st.change_pte, st.change_pte_updated, st.change_pte_absent, st.change_pte_illegal
+    );
+    let stale = c.stale.load(SeqCst);
+    let lost = c.lost_writes.load(SeqCst);
+    println!("stress: stale reads {stale}, lost device writes {lost}");
+    check(stale == 0 && lost == 0, || {
+        format!("{stale} stale reads, {lost} lost writes (seed {seed})")
+    })?;
+    check(
+        c.reads_checked.load(SeqCst) > 0 && c.dev_writes.load(SeqCst) > 0,
+        || "nothing was checked".into(),
+    )?;
+    check(st.change_pte_illegal == 0, || "illegal change_pte".into())
+}
