@@ -120,6 +120,8 @@ pub(crate) struct Mirror {
     start: usize,
     end: usize,
     mode: Mode,
+    /// Most tables the table may use (0: no limit), from the `max_table_pages` parameter.
+    max_pages: u64,
     #[pin]
     inner: SpinLock<Inner>,
     stats: Arc<Stats>,
@@ -151,6 +153,7 @@ impl Mirror {
             start,
             end,
             mode,
+            max_pages: crate::module_parameters::max_table_pages.value(),
             inner <- new_spinlock!(
                 Inner {
                     table,
@@ -206,7 +209,8 @@ impl Mirror {
     /// # Errors
     ///
     /// `EFAULT` if the process cannot access the page that way (the caller refines it),
-    /// `ENOMEM`, `EINTR` on a fatal signal while retrying, `ENXIO` once the address space is gone.
+    /// `ENOMEM` (also when `max_table_pages` is reached), `EINTR` on a pending signal while
+    /// retrying, `ENXIO` once the address space is gone.
     pub(crate) fn fault(&self, addr: usize, write: bool, cache: &mut NodeCache) -> Result<bool> {
         let satisfied = |entry: Entry| entry.present() && (!write || entry.writable());
         let mut seq = {
@@ -256,6 +260,11 @@ impl Mirror {
                 continue;
             }
             let entry = Entry::new(page.pfn(), page.is_zero_page(), write, true, write);
+            if self.max_pages != 0
+                && inner.table.pages() + inner.table.missing_tables(addr) > self.max_pages
+            {
+                return Err(ENOMEM);
+            }
             inner.table.install(addr, entry, cache)?;
             self.update_gauges(&inner);
             drop(inner);
@@ -419,6 +428,9 @@ impl MmuNotifier for Mirror {
         };
         drop(inner);
         self.stats.inc(Counter::invalidate_start);
+        if !range.blockable() {
+            self.stats.inc(Counter::invalidate_nonblock);
+        }
         self.stats.add(Counter::zapped, zapped);
         self.stats.add(Counter::invalidate_ns, nanos(t0));
         Ok(())

@@ -28,6 +28,12 @@ module! {
     authors: ["The shadowpt developers"],
     description: "Secondary MMU page table kept coherent by mmu notifiers (change_pte study)",
     license: "GPL",
+    params: {
+        max_table_pages: u64 {
+            default: 0,
+            description: "Most 4 KiB tables one attachment may use (0: no limit); faults beyond it fail with ENOMEM",
+        },
+    },
 }
 
 /// The module instance: the misc device `/dev/shadowpt` and the debugfs tree.

@@ -68,6 +68,7 @@ counters!(
     table_pages,
     invalidate_ns,
     change_pte_ns,
+    invalidate_nonblock,
 );
 
 /// The global counters: the sum over every attachment, past and present.

@@ -267,6 +267,23 @@ impl Table {
         }
     }
 
+    /// How many tables [`Table::install`] would have to add to map `addr`.
+    pub(crate) fn missing_tables(&self, addr: usize) -> u64 {
+        let mut node = &*self.root;
+        let mut level = LEVELS - 1;
+        while level > 0 {
+            let Slots::Dir(slots) = &node.slots else {
+                return 0;
+            };
+            match &slots[index(addr, level)] {
+                Some(child) => node = child,
+                None => return level as u64,
+            }
+            level -= 1;
+        }
+        0
+    }
+
     /// Maps `addr` with `entry` (present), creating missing tables from `cache`, which must have
     /// been [topped up](NodeCache::top_up). Returns the entry it replaced.
     pub(crate) fn install(

@@ -40,7 +40,7 @@ pub(crate) const RW_SIZE: usize = 40;
 pub(crate) const SNAPSHOT_SIZE: usize = 32;
 pub(crate) const STATS_SIZE: usize = 8 + 8 * STATS_FIELDS;
 /// Number of `u64` counters in `struct shadowpt_stats`.
-pub(crate) const STATS_FIELDS: usize = 15;
+pub(crate) const STATS_FIELDS: usize = 16;
 
 /// A placeholder of `N` bytes, so that `_IOWR::<Bytes<N>>` encodes the C structure's size.
 pub(crate) struct Bytes<const N: usize>([u8; N]);

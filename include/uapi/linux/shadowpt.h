@@ -100,6 +100,7 @@ struct shadowpt_stats {
 	__u64 table_pages;
 	__u64 invalidate_ns;
 	__u64 change_pte_ns;
+	__u64 invalidate_nonblock;
 };
 
 #define SHADOWPT_IOC_ATTACH	_IOWR(SHADOWPT_IOCTL_TYPE, 1, struct shadowpt_attach)

@@ -37,6 +37,7 @@ fn delta(a: &Stats, b: &Stats) -> Stats {
     d.young -= a.young;
     d.invalidate_ns -= a.invalidate_ns;
     d.change_pte_ns -= a.change_pte_ns;
+    d.invalidate_nonblock -= a.invalidate_nonblock;
     d
 }
 

@@ -13,6 +13,7 @@ mod ksmproof;
 mod lifecycle;
 mod mem;
 mod mirror;
+mod races;
 mod spt;
 mod stress;
 mod util;
@@ -57,6 +58,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "ksm_proof",
         run: ksmproof::proof,
+    },
+    Test {
+        name: "races",
+        run: races::races,
     },
     Test {
         name: "fuzz",

@@ -84,10 +84,11 @@ pub struct Stats {
     pub table_pages: u64,
     pub invalidate_ns: u64,
     pub change_pte_ns: u64,
+    pub invalidate_nonblock: u64,
 }
 
 /// Counter names in ABI order, as debugfs names its files.
-pub const COUNTERS: [&str; 15] = [
+pub const COUNTERS: [&str; 16] = [
     "faults",
     "fault_retries",
     "invalidate_start",
@@ -103,10 +104,11 @@ pub const COUNTERS: [&str; 15] = [
     "table_pages",
     "invalidate_ns",
     "change_pte_ns",
+    "invalidate_nonblock",
 ];
 
 impl Stats {
-    pub fn values(&self) -> [u64; 15] {
+    pub fn values(&self) -> [u64; 16] {
         [
             self.faults,
             self.fault_retries,
@@ -123,6 +125,7 @@ impl Stats {
             self.table_pages,
             self.invalidate_ns,
             self.change_pte_ns,
+            self.invalidate_nonblock,
         ]
     }
 }

@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Lifecycle races: close during faults, module load/unload cycles with processes attaching, a
+//! killed process reaped with `process_mrelease()` (non-blockable invalidations, as from the OOM
+//! reaper), and table allocation refused by the `max_table_pages` cap.
+
+use crate::mem::{Mapping, PAGE};
+use crate::spt::*;
+use crate::util::*;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn attachments() -> Result<u64, String> {
+    debugfs_counter("global", "attachments")
+}
+
+fn wait_child(pid: i32, what: &str) -> Result<i32, String> {
+    let mut status = 0;
+    // SAFETY: Waiting for our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return Err(format!("{what}: waitpid failed"));
+    }
+    Ok(status)
+}
+
+/// Close the file while two threads fault, read and zap through it.
+fn close_during_faults() -> Result<(), String> {
+    let base = attachments()?;
+    for round in 0..10 {
+        let m = Arc::new(Mapping::anon(256)?);
+        for i in 0..256 {
+            m.fill(i, i as u8);
+        }
+        let s = Spt::open()?;
+        s.attach(m.addr, m.len, (round % 2) as u32)?;
+        let fd = s.file.into_raw_fd();
+        let mut threads = Vec::new();
+        for t in 0..2usize {
+            let m = m.clone();
+            threads.push(std::thread::spawn(move || -> Result<u64, String> {
+                // Borrow the descriptor without owning it: the main thread closes it.
+                // SAFETY: `fd` is open until the main thread closes it; `ManuallyDrop` never
+                // closes it from here.
+                let s = std::mem::ManuallyDrop::new(Spt {
+                    file: unsafe { std::fs::File::from_raw_fd(fd) },
+                });
+                let mut buf = vec![0u8; 64 * PAGE];
+                let mut ok = 0;
+                loop {
+                    match s.try_read(m.addr + t * 64 * PAGE, &mut buf) {
+                        Ok(_) => ok += 1,
+                        // The file is gone (EBADF) or another file took the number (ENOTTY...).
+                        Err(e) if e == libc::EBADF || e == libc::ENOTTY => return Ok(ok),
+                        Err(e) => return Err(format!("read during close: {}", errname(e))),
+                    }
+                    let z = Mapping {
+                        addr: m.addr + t * 64 * PAGE,
+                        len: 64 * PAGE,
+                    };
+                    let _ = z.madvise(libc::MADV_DONTNEED);
+                    std::mem::forget(z);
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(20 + 10 * round));
+        // SAFETY: Closing the descriptor we own (taken from the `File` above).
+        unsafe { libc::close(fd) };
+        for t in threads {
+            t.join().map_err(|_| "thread panicked".to_string())??;
+        }
+        eq(
+            "attachments after close during faults",
+            attachments()?,
+            base,
+        )?;
+    }
+    println!("close during faults: 10 rounds, the attachment went away each time");
+    Ok(())
+}
+
+fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
+    check(got == want, || {
+        format!("{what}: got {got}, expected {want}")
+    })
+}
+
+/// Load, let processes attach and fault (some exit without closing), unload; 10 times.
+fn load_unload_attaching() -> Result<(), String> {
+    ensure_unloaded()?;
+    for cycle in 0..10 {
+        insmod()?;
+        let mut pids = Vec::new();
+        for c in 0..3 {
+            // SAFETY: Single-threaded here; the child leaves with `_exit`.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let r = (|| -> Result<(), String> {
+                    let m = Mapping::anon(128)?;
+                    let s = Spt::open()?;
+                    s.attach(m.addr, m.len, (c % 2) as u32)?;
+                    s.fault(m.addr, m.len, c == 1)?;
+                    std::thread::sleep(Duration::from_millis(30));
+                    if c == 2 {
+                        // Exit with the file open and the attachment alive.
+                        // SAFETY: Leaving the child.
+                        unsafe { libc::_exit(0) };
+                    }
+                    Ok(())
+                })();
+                // SAFETY: Leaving the child.
+                unsafe { libc::_exit(if r.is_ok() { 0 } else { 1 }) };
+            }
+            pids.push(pid);
+        }
+        // While the children hold files, unloading must be refused.
+        std::thread::sleep(Duration::from_millis(5));
+        let busy = rmmod().is_err();
+        for pid in pids {
+            let st = wait_child(pid, "attaching child")?;
+            check(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, || {
+                format!("cycle {cycle}: child failed ({st:#x})")
+            })?;
+        }
+        if module_loaded() {
+            rmmod()?;
+        } else {
+            check(!busy, || "rmmod failed but the module is gone".into())?;
+        }
+    }
+    insmod()?;
+    println!("10 load/unload cycles with 3 processes attaching each (one exiting with its attachment open)");
+    Ok(())
+}
+
+/// SIGKILL an attached process and reap its memory with `process_mrelease()`: the notifier sees
+/// non-blockable invalidations (the OOM reaper's path) and must not sleep.
+fn reaped() -> Result<(), String> {
+    let base = attachments()?;
+    let nonblock0 = debugfs_counter("global", "invalidate_nonblock")?;
+    let mut reaped_by_us = 0;
+    for round in 0..5 {
+        let mut go = [0i32; 2];
+        // SAFETY: Creating a pipe into a local array.
+        check(unsafe { libc::pipe(go.as_mut_ptr()) } == 0, || {
+            "pipe".into()
+        })?;
+        // SAFETY: Single-threaded here; the child never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let r = (|| -> Result<(), String> {
+                let m = Mapping::anon(4096)?;
+                for i in 0..4096 {
+                    m.put(i * PAGE, &[1]);
+                }
+                let s = Arc::new(Spt::open()?);
+                s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
+                s.fault(m.addr, m.len, false)?;
+                let (s2, addr) = (s.clone(), m.addr);
+                std::thread::spawn(move || loop {
+                    let _ = s2.try_fault(addr, 4096 * PAGE, true);
+                });
+                // SAFETY: Telling the parent we are ready.
+                unsafe { libc::write(go[1], b"r".as_ptr().cast(), 1) };
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })();
+            // SAFETY: Leaving the child.
+            unsafe { libc::_exit(if r.is_ok() { 0 } else { 1 }) };
+        }
+        let mut b = [0u8; 1];
+        // SAFETY: Reading one byte from our pipe.
+        unsafe { libc::read(go[0], b.as_mut_ptr().cast(), 1) };
+        // SAFETY: pidfd_open/kill/process_mrelease on our own child.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        check(pidfd >= 0, || "pidfd_open".into())?;
+        // SAFETY: Killing our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // SAFETY: Reaping the memory of our killed child.
+        let r = unsafe { libc::syscall(libc::SYS_process_mrelease, pidfd, 0) };
+        if r == 0 {
+            reaped_by_us += 1;
+        }
+        // SAFETY: Closing our pidfd and pipe.
+        unsafe {
+            libc::close(pidfd);
+            libc::close(go[0]);
+            libc::close(go[1]);
+        }
+        let st = wait_child(pid, "reaped child")?;
+        check(libc::WIFSIGNALED(st), || {
+            format!("round {round}: child not killed ({st:#x})")
+        })?;
+        eq("attachments after the reaped child", attachments()?, base)?;
+    }
+    let nonblock = debugfs_counter("global", "invalidate_nonblock")? - nonblock0;
+    check(reaped_by_us == 0 || nonblock > 0, || {
+        format!("process_mrelease reaped {reaped_by_us} times but no non-blockable invalidation was seen")
+    })?;
+    println!(
+        "5 attached processes SIGKILLed while faulting; process_mrelease reaped {reaped_by_us} of them: {nonblock} non-blockable invalidations, no splat"
+    );
+    Ok(())
+}
+
+/// With `max_table_pages=6`, faults that need a seventh table fail with ENOMEM and change
+/// nothing; the rest of the table keeps working.
+fn table_cap() -> Result<(), String> {
+    ensure_unloaded()?;
+    sh("insmod", &[MODULE, "max_table_pages=6"])?;
+    let r = (|| -> Result<(), String> {
+        // 8 MiB: four 2 MiB leaves if aligned, five otherwise.
+        let m = Mapping::anon(2048)?;
+        for i in 0..2048 {
+            m.put(i * PAGE, &[1]);
+        }
+        let s = Spt::open()?;
+        s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
+        let mut ok = 0u64;
+        let mut enomem = 0u64;
+        for i in 0..2048 {
+            match s.try_fault(m.addr + i * PAGE, PAGE, false) {
+                Ok(_) => ok += 1,
+                Err(libc::ENOMEM) => enomem += 1,
+                Err(e) => return Err(format!("fault {i}: {}", errname(e))),
+            }
+        }
+        let st = s.stats()?;
+        eq("table pages at the cap", st.table_pages, 6)?;
+        eq("present entries", st.present, ok)?;
+        check(enomem > 0, || "the cap was never reached".into())?;
+        // The same decisions, simulated: a fault succeeds if the tables it adds keep the total
+        // (root included) at 6 or below.
+        let mut tables = std::collections::BTreeSet::new();
+        let mut want = 0u64;
+        for i in 0..2048 {
+            let a = m.addr + i * PAGE;
+            let need: Vec<(u8, usize)> = vec![(2, a >> 39), (1, a >> 30), (0, a >> 21)];
+            let missing = need.iter().filter(|t| !tables.contains(*t)).count();
+            if 1 + tables.len() + missing <= 6 {
+                tables.extend(need);
+                want += 1;
+            }
+        }
+        eq("pages mapped under the cap", ok, want)?;
+        check_no_stale(&s.snapshot(m.addr, m.pages())?, "after the cap")?;
+        let (data, f) = s.read(m.addr, PAGE)?;
+        check(data[0] == 1 && f == 0, || {
+            "read through the capped table".into()
+        })?;
+        println!("max_table_pages=6: {ok} pages mapped, {enomem} faults refused with ENOMEM, table intact");
+        Ok(())
+    })();
+    rmmod()?;
+    insmod()?;
+    r
+}
+
+pub fn races(_: &[String]) -> Result<(), String> {
+    ensure_loaded()?;
+    close_during_faults()?;
+    load_unload_attaching()?;
+    reaped()?;
+    table_cap()
+}
