@@ -66,7 +66,7 @@ struct Counts {
     dev_writes: AtomicU64,
     lost_writes: AtomicU64,
     ops: [AtomicU64; OPS.len()],
-    op_errors: AtomicU64,
+    op_errors: [AtomicU64; OPS.len()],
     hammer: AtomicU64,
 }
 
@@ -304,7 +304,7 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
     };
     sh.counts.ops[op].fetch_add(1, SeqCst);
     if r.is_err() {
-        sh.counts.op_errors.fetch_add(1, SeqCst);
+        sh.counts.op_errors[op].fetch_add(1, SeqCst);
     }
     Ok(())
 }
@@ -474,12 +474,25 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         c.hammer.load(SeqCst)
     );
     println!(
-        "stress: reads checked {} (raced a write {}, EFAULT while unmapped {}), device writes {}, op errors {}",
+        "stress: reads checked {} (raced a write {}, EFAULT while unmapped {}), device writes {}",
         c.reads_checked.load(SeqCst),
         c.reads_raced.load(SeqCst),
         c.reads_efault.load(SeqCst),
         c.dev_writes.load(SeqCst),
-        c.op_errors.load(SeqCst)
+    );
+    let errors: Vec<String> = OPS
+        .iter()
+        .zip(&c.op_errors)
+        .filter(|(_, v)| v.load(SeqCst) > 0)
+        .map(|(n, v)| format!("{n}={}", v.load(SeqCst)))
+        .collect();
+    println!(
+        "stress: operation errors by kind: {}",
+        if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors.join(" ")
+        }
     );
     let st = sa.stats()?;
     println!(
