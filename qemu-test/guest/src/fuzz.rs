@@ -108,7 +108,12 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         for w in words.iter_mut() {
             *w = interesting(&mut rng);
         }
-        let cmd = cmds[rng.below(cmds.len())];
+        // DETACH rarely (1%), so that most calls meet a live attachment.
+        let cmd = if rng.below(100) == 0 {
+            IOC_DETACH
+        } else {
+            cmds[rng.below(cmds.len())]
+        };
         let size = ((cmd >> 16) & 0x3fff) as u32;
         // Mostly the right size field, sometimes not.
         let size_field = if rng.below(8) == 0 {

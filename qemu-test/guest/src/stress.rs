@@ -52,7 +52,10 @@ impl Rng {
     }
 }
 
+/// Region A is one 2 MiB huge page worth of base pages, 2 MiB aligned.
 const A_PAGES: usize = 512;
+/// `MADV_COLLAPSE` (Linux 6.1).
+const MADV_COLLAPSE: libc::c_int = 25;
 /// Pages of A that the hammer thread owns: written and zapped in a tight loop.
 const HOT: usize = 8;
 const B_PAGES: usize = 64;
@@ -247,15 +250,17 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
         }
         "ksm-unmerge" => ksm::write("run", "2").and_then(|_| ksm::write("run", "1")),
         "thp-collapse" => {
+            // Region A is exactly one 2 MiB-aligned huge page: collapse it into a THP. It may
+            // fail (EAGAIN: a page is busy or shared, e.g. by KSM); errors are counted by kind.
             let m = Mapping {
-                addr: sh.a & !(2 * 1024 * 1024 - 1),
-                len: 2 * 1024 * 1024,
+                addr: sh.a,
+                len: A_PAGES * PAGE,
             };
-            let _ = m.madvise(libc::MADV_HUGEPAGE);
-            // MADV_COLLAPSE (25) may fail (not aligned, not enough pages): that is fine.
-            let _ = m.madvise(25);
+            let r = m
+                .madvise(libc::MADV_HUGEPAGE)
+                .and_then(|_| m.madvise(MADV_COLLAPSE));
             std::mem::forget(m);
-            Ok(())
+            r
         }
         "thp-split" => {
             // A protection change of one page in the middle of a huge page splits it.
@@ -389,6 +394,44 @@ fn dev_writer(sh: &Shared, s: &Spt, mut rng: Rng) {
     }
 }
 
+/// The `/proc/vmstat` counters that show the churn did what it asked for.
+const VMSTAT: [&str; 3] = ["thp_collapse_alloc", "thp_split_pmd", "pgmigrate_success"];
+
+fn vmstat() -> Vec<u64> {
+    let s = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    VMSTAT
+        .iter()
+        .map(|k| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.trim().parse().ok()))
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Region A: 2 MiB, 2 MiB aligned, so that it can become one transparent huge page.
+fn aligned_region() -> Result<Mapping, String> {
+    const HUGE: usize = 2 << 20;
+    let big = Mapping::anon(2 * HUGE / PAGE)?;
+    let start = (big.addr + HUGE - 1) & !(HUGE - 1);
+    let (addr, len) = (big.addr, big.len);
+    std::mem::forget(big);
+    // SAFETY: Trimming our own fresh mapping to the aligned 2 MiB inside it.
+    unsafe {
+        if start > addr {
+            libc::munmap(addr as *mut libc::c_void, start - addr);
+        }
+        let end = start + HUGE;
+        if addr + len > end {
+            libc::munmap(end as *mut libc::c_void, addr + len - end);
+        }
+    }
+    Ok(Mapping {
+        addr: start,
+        len: HUGE,
+    })
+}
+
 /// `stress [SECONDS] [SEED]`.
 pub fn stress(args: &[String]) -> Result<(), String> {
     ensure_loaded()?;
@@ -419,7 +462,7 @@ pub fn stress(args: &[String]) -> Result<(), String> {
     println!("stress: seed {seed}, {secs} s (rerun: sptest stress {secs} {seed})");
     ksm::reset(A_PAGES + B_PAGES)?;
     let _ = std::fs::write("/sys/kernel/mm/transparent_hugepage/enabled", "madvise");
-    let a = Mapping::anon(A_PAGES)?;
+    let a = aligned_region()?;
     let b = Mapping::anon(B_PAGES)?;
     for i in 0..B_PAGES {
         b.fill(i, 0);
@@ -452,6 +495,7 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         let (sh, r) = (sh.clone(), Rng::new(rng.next()));
         threads.push(std::thread::spawn(move || hammer(&sh, r)));
     }
+    let vm0 = vmstat();
     let t0 = Instant::now();
     let mut churn_rng = Rng::new(rng.next());
     while t0.elapsed() < Duration::from_secs(secs) {
@@ -461,8 +505,19 @@ pub fn stress(args: &[String]) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
+    let vm1 = vmstat();
+    let full_scans = ksm::read("full_scans").unwrap_or(0);
     ksm::write("run", "2")?;
     let c = &sh.counts;
+    let vm: Vec<String> = VMSTAT
+        .iter()
+        .zip(vm0.iter().zip(&vm1))
+        .map(|(k, (a, b))| format!("{k}=+{}", b - a))
+        .collect();
+    println!(
+        "stress: kernel effects: {} ksm full_scans={full_scans}",
+        vm.join(" ")
+    );
     let ops: Vec<String> = OPS
         .iter()
         .zip(&c.ops)
