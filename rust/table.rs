@@ -150,6 +150,14 @@ fn slot_span(level: usize) -> usize {
     1 << (PAGE_SHIFT + LEVEL_BITS * level)
 }
 
+/// The slots `first..last` of a table whose first slot maps `base`, each spanning `span` bytes,
+/// that intersect `[start, end)` (which must intersect the table).
+fn slot_range(span: usize, base: usize, start: usize, end: usize) -> (usize, usize) {
+    let first = start.saturating_sub(base) / span;
+    let last = core::cmp::min(FANOUT, (end - base).div_ceil(span));
+    (first, last)
+}
+
 /// Tables allocated ahead of an insertion, so that [`Table::install`] never allocates with the
 /// tree's lock held (KVM's `kvm_mmu_memory_cache`).
 pub(crate) struct NodeCache {
@@ -370,12 +378,7 @@ impl Table {
         f: &mut impl FnMut(usize, Entry),
     ) {
         let span = slot_span(level);
-        let first = if start > base {
-            (start - base) / span
-        } else {
-            0
-        };
-        let last = core::cmp::min(FANOUT, (end - base).div_ceil(span));
+        let (first, last) = slot_range(span, base, start, end);
         match &mut node.slots {
             Slots::Leaf(slots) => {
                 for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
@@ -429,12 +432,7 @@ impl Table {
         f: &mut impl FnMut(Entry) -> Entry,
     ) {
         let span = slot_span(level);
-        let first = if start > base {
-            (start - base) / span
-        } else {
-            0
-        };
-        let last = core::cmp::min(FANOUT, (end - base).div_ceil(span));
+        let (first, last) = slot_range(span, base, start, end);
         match &mut node.slots {
             Slots::Leaf(slots) => {
                 for slot in slots.iter_mut().take(last).skip(first) {
