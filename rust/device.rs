@@ -222,13 +222,21 @@ impl ShadowPtFile {
         let write = req.flags & uapi::ACCESS_WRITE != 0;
         let mut cache = NodeCache::new();
         let mut faults = 0u64;
-        for i in 0..pages(req.length) {
-            let addr = req.addr + i * PAGE_SIZE;
+        let end = req.addr + req.length;
+        let mut addr = req.addr;
+        while addr < end {
+            // Skip what the table already maps, 512 entries per lock acquisition.
+            let next = mirror.mapped_until(addr, end, write)?;
+            if next > addr {
+                addr = next;
+                continue;
+            }
             match mirror.fault(addr, write, &mut cache) {
                 Ok(true) => faults += 1,
                 Ok(false) => {}
                 Err(e) => return Err(refine_fault_error(mm, addr, write, e)),
             }
+            addr += PAGE_SIZE;
         }
         put_u64(arg, 24, faults)?;
         Ok(0)

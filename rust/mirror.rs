@@ -191,6 +191,25 @@ impl Mirror {
         Ok(end)
     }
 
+    /// How far from `addr` (page aligned, inside the attachment) towards `end` the table already
+    /// maps every page, writable if `write`: the first page [`Mirror::fault`] would have to fault
+    /// in, or the end of the stretch looked at. Looks at up to one leaf table (512 entries) per
+    /// call, under one acquisition of the lock, so a caller walking a long range takes the lock
+    /// once per 512 pages instead of once per page.
+    ///
+    /// # Errors
+    ///
+    /// `ENXIO` once the address space is gone.
+    pub(crate) fn mapped_until(&self, addr: usize, end: usize, write: bool) -> Result<usize> {
+        let inner = self.inner.lock();
+        if inner.dead {
+            return Err(ENXIO);
+        }
+        Ok(inner.table.first_failing(addr, end, |entry| {
+            entry.present() && (!write || entry.writable())
+        }))
+    }
+
     /// Publishes the table's gauges. Called with `inner` held, after every change of the table.
     fn update_gauges(&self, inner: &Inner) {
         self.stats

@@ -230,18 +230,43 @@ impl Table {
 
     /// The entry mapping `addr` (`Entry::NONE` if absent). O(levels).
     pub(crate) fn lookup(&self, addr: usize) -> Entry {
+        self.leaf(addr)
+            .map_or(Entry::NONE, |slots| Entry(slots[index(addr, 0)]))
+    }
+
+    /// The leaf table whose slots map `addr`, if it exists. O(levels).
+    fn leaf(&self, addr: usize) -> Option<&LeafSlots> {
         let mut node = &*self.root;
         let mut level = LEVELS - 1;
         loop {
             match &node.slots {
-                Slots::Dir(slots) => match &slots[index(addr, level)] {
-                    Some(child) => node = child,
-                    None => return Entry::NONE,
-                },
-                Slots::Leaf(slots) => return Entry(slots[index(addr, 0)]),
+                Slots::Dir(slots) => node = slots[index(addr, level)].as_deref()?,
+                Slots::Leaf(slots) => return Some(slots),
             }
             level -= 1;
         }
+    }
+
+    /// The first page address in `[start, end)` whose entry fails `ok`, looking no further than
+    /// the leaf table that maps `start`: returns `min(end, end of that table's span)` if every
+    /// entry up to there passes, `start` if the first one fails. O(levels + entries looked at),
+    /// at most [`FANOUT`] entries, so that a caller can hold a lock around each call.
+    pub(crate) fn first_failing(
+        &self,
+        start: usize,
+        end: usize,
+        ok: impl Fn(Entry) -> bool,
+    ) -> usize {
+        let span_end = (start | (slot_span(1) - 1)).saturating_add(1);
+        let stop = core::cmp::min(end, span_end);
+        let Some(slots) = self.leaf(start) else {
+            return if ok(Entry::NONE) { stop } else { start };
+        };
+        let mut addr = start;
+        while addr < stop && ok(Entry(slots[index(addr, 0)])) {
+            addr += 1 << PAGE_SHIFT;
+        }
+        addr
     }
 
     /// Replaces the present entry mapping `addr` with `f(entry)`, which must be present or
