@@ -53,12 +53,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
     }
     // SAFETY: Unmapping the last page of our own mapping (a hole inside the attached range).
     unsafe { libc::munmap((mem.addr + 63 * PAGE) as *mut libc::c_void, PAGE) };
-    let ro = Mapping {
-        addr: mem.addr + 62 * PAGE,
-        len: PAGE,
-    };
-    ro.mprotect(libc::PROT_READ)?;
-    std::mem::forget(ro);
+    Mapping::view(mem.addr + 62 * PAGE, PAGE).mprotect(libc::PROT_READ)?;
     // Scratch memory for argument structures and buffers.
     let scratch = Mapping::anon(512)?;
     let s = Spt::open()?;
@@ -91,9 +86,9 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
             _ => (scratch.addr + PAGE + rng.below(400 * PAGE)) as u64,
         }
     };
+    // DETACH is not in this list: it is drawn on its own, rarely (see below).
     let cmds = [
         IOC_ATTACH,
-        IOC_DETACH,
         IOC_FAULT,
         IOC_READ,
         IOC_WRITE,
@@ -101,6 +96,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         IOC_STATS,
     ];
     let mut results: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut detached_at, mut reattached) = (None, 0u64);
     for n in 0..calls {
         // The argument structure, in scratch page 0.
         let arg = scratch.addr as u64;
@@ -160,9 +156,18 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
             }
         };
         *results.entry(key).or_default() += 1;
-        // Keep an attachment most of the time.
-        if n % 20 == 19 && s.try_stats() == Err(libc::ENXIO) {
-            let _ = s.try_attach(mem.addr, 63 * PAGE, (n / 20 % 2) as u32);
+        // Keep an attachment most of the time: a few calls after a detach (which then meet
+        // ENXIO), attach again, alternating the mode.
+        if r.is_ok() && cmd == IOC_DETACH {
+            detached_at = Some(n);
+        }
+        if detached_at.is_some_and(|d| n >= d + 3) || (n % 64 == 63 && detached_at.is_none()) {
+            if s.try_stats() == Err(libc::ENXIO) {
+                s.try_attach(mem.addr, 63 * PAGE, (n % 2) as u32)
+                    .map_err(|e| format!("call {n}: re-attach failed: {}", errname(e)))?;
+                reattached += 1;
+            }
+            detached_at = None;
         }
     }
     // The mirrored memory still holds what the process wrote, or what random WRITEs put there;
@@ -171,6 +176,9 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         check_no_stale(&s.snapshot(mem.addr, 63)?, "after fuzzing")?;
     }
     let summary: Vec<String> = results.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("fuzz: results: {}", summary.join(" "));
+    println!(
+        "fuzz: results: {} (re-attached {reattached} times)",
+        summary.join(" ")
+    );
     Ok(())
 }

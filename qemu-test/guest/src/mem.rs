@@ -14,6 +14,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// A view of part of a mapping owned elsewhere: dropping it unmaps nothing.
+    pub fn view(addr: usize, len: usize) -> std::mem::ManuallyDrop<Mapping> {
+        std::mem::ManuallyDrop::new(Mapping { addr, len })
+    }
+
     /// Maps `pages` pages read-write, without transparent huge pages (so every page has its own
     /// PTE, which is what KSM and `change_pte` work on).
     pub fn anon(pages: usize) -> Result<Self, String> {

@@ -239,12 +239,7 @@ fn coherence_mode(mode: u32, name: &str) -> Result<(), String> {
     verify(&s, &m, "after prefault")?;
 
     // MADV_DONTNEED: entries zapped, the process sees zeroes, so must the table.
-    let dn = Mapping {
-        addr: m.addr,
-        len: 8 * PAGE,
-    };
-    dn.madvise(libc::MADV_DONTNEED)?;
-    std::mem::forget(dn);
+    Mapping::view(m.addr, 8 * PAGE).madvise(libc::MADV_DONTNEED)?;
     let snap = s.snapshot(m.addr, 8)?;
     check(snap.iter().all(|&x| x & PAGE_PRESENT == 0), || {
         format!("MADV_DONTNEED left entries: {snap:x?}")
@@ -817,12 +812,7 @@ fn exit_while_attached(threads: usize) -> Result<(), String> {
         let s = s.clone();
         std::thread::spawn(move || loop {
             let _ = s.try_read(addr + t * PAGE, &mut vec![0u8; len - t * PAGE]);
-            let dn = Mapping {
-                addr,
-                len: 64 * PAGE,
-            };
-            let _ = dn.madvise(libc::MADV_DONTNEED);
-            std::mem::forget(dn);
+            let _ = Mapping::view(addr, 64 * PAGE).madvise(libc::MADV_DONTNEED);
         });
     }
     std::thread::sleep(Duration::from_millis(30));

@@ -54,12 +54,8 @@ fn close_during_faults() -> Result<(), String> {
                         Err(e) if e == libc::EBADF || e == libc::ENOTTY => return Ok(ok),
                         Err(e) => return Err(format!("read during close: {}", errname(e))),
                     }
-                    let z = Mapping {
-                        addr: m.addr + t * 64 * PAGE,
-                        len: 64 * PAGE,
-                    };
-                    let _ = z.madvise(libc::MADV_DONTNEED);
-                    std::mem::forget(z);
+                    let _ = Mapping::view(m.addr + t * 64 * PAGE, 64 * PAGE)
+                        .madvise(libc::MADV_DONTNEED);
                 }
             }));
         }

@@ -25,6 +25,7 @@ use crate::ksm;
 use crate::mem::{Mapping, PAGE};
 use crate::spt::*;
 use crate::util::*;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,9 +69,23 @@ struct Counts {
     stale: AtomicU64,
     dev_writes: AtomicU64,
     lost_writes: AtomicU64,
-    ops: [AtomicU64; OPS.len()],
-    op_errors: [AtomicU64; OPS.len()],
     hammer: AtomicU64,
+}
+
+/// What the churn thread did and what the kernel made of it (the churn thread's own).
+#[derive(Default)]
+struct Churn {
+    ops: [u64; OPS.len()],
+    /// "operation: error" -> count.
+    errors: BTreeMap<String, u64>,
+    /// `MADV_COLLAPSE` calls that returned success.
+    collapsed: u64,
+    /// Pages `move_pages` reported on the node it was asked for, after being on the other.
+    migrated: u64,
+    /// The most pages KSM had merged (`pages_sharing`) after a merge operation.
+    ksm_sharing_peak: u64,
+    /// KSM full scans done while merge operations waited.
+    ksm_scans: u64,
 }
 
 const OPS: [&str; 13] = [
@@ -95,6 +110,8 @@ struct Shared {
     started: Vec<AtomicU64>,
     committed: Vec<AtomicU64>,
     stop: AtomicBool,
+    /// Held by the hammer for each of its iterations, by the churn thread to remap all of A.
+    hammer_lock: std::sync::RwLock<()>,
     counts: Counts,
     version: AtomicU64,
 }
@@ -114,8 +131,8 @@ fn read_u64(addr: usize) -> u64 {
     unsafe { (addr as *const u64).read_volatile() }
 }
 
-/// One churn operation on region A (and the data-preserving ones on B).
-fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
+/// One churn operation on region A (and the data-preserving ones on B), recorded in `out`.
+fn churn(sh: &Shared, s: &Spt, rng: &mut Rng, out: &mut Churn) {
     let op = rng.below(OPS.len());
     // Pages 0..HOT belong to the hammer thread; the churn thread changes only the others.
     let first = HOT + rng.below(A_PAGES - HOT);
@@ -144,75 +161,70 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
             end(pages.clone(), v);
             Ok(())
         }
-        "dontneed" | "remap" => {
+        "dontneed" => {
             begin(pages.clone());
-            let m = Mapping {
-                addr,
-                len: len * PAGE,
-            };
-            let r = if OPS[op] == "dontneed" {
-                m.madvise(libc::MADV_DONTNEED)
-            } else {
-                // SAFETY: Replacing part of region A with fresh anonymous memory.
-                let p = unsafe {
-                    libc::mmap(
-                        addr as *mut libc::c_void,
-                        len * PAGE,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                        0,
-                    )
-                };
-                if p as usize == addr {
-                    Ok(())
-                } else {
-                    Err("remap".into())
-                }
-            };
-            std::mem::forget(m);
+            let r = Mapping::view(addr, len * PAGE).madvise(libc::MADV_DONTNEED);
             end(pages.clone(), 0);
             r
+        }
+        "remap" => {
+            // munmap + mmap reuse: fresh memory in place of all of A. All of it, so that A
+            // stays one area (two areas with their own anon_vma never merge again, and a huge
+            // page cannot span them). The hammer's pages are part of it: pause the hammer.
+            let _hammer = sh.hammer_lock.write().unwrap_or_else(|e| e.into_inner());
+            begin(0..A_PAGES);
+            // SAFETY: Replacing region A, which this program owns, with fresh anonymous memory.
+            let p = unsafe {
+                libc::mmap(
+                    sh.a as *mut libc::c_void,
+                    A_PAGES * PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            end(0..A_PAGES, 0);
+            if p as usize == sh.a {
+                Ok(())
+            } else {
+                Err(format!("mmap: {}", std::io::Error::last_os_error()))
+            }
         }
         "mremap" => {
             // Move the pages away and back: same data, new page tables, and a window in which
             // the range is unmapped (reads may get EFAULT). Data-preserving: no version change.
-            let tmp = Mapping::anon(len)?;
-            // SAFETY: Moving part of region A onto our scratch mapping and back.
-            let r = unsafe {
-                let p = libc::mremap(
-                    addr as *mut libc::c_void,
-                    len * PAGE,
-                    len * PAGE,
-                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                    tmp.addr as *mut libc::c_void,
-                );
-                let q = libc::mremap(
-                    tmp.addr as *mut libc::c_void,
-                    len * PAGE,
-                    len * PAGE,
-                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                    addr as *mut libc::c_void,
-                );
-                if p == libc::MAP_FAILED || q == libc::MAP_FAILED {
-                    Err("mremap".to_string())
-                } else {
-                    Ok(())
-                }
-            };
-            std::mem::forget(tmp);
-            r
+            Mapping::anon(len).and_then(|tmp| {
+                // SAFETY: Moving part of region A onto our scratch mapping and back.
+                let r = unsafe {
+                    let p = libc::mremap(
+                        addr as *mut libc::c_void,
+                        len * PAGE,
+                        len * PAGE,
+                        libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                        tmp.addr as *mut libc::c_void,
+                    );
+                    let q = libc::mremap(
+                        tmp.addr as *mut libc::c_void,
+                        len * PAGE,
+                        len * PAGE,
+                        libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                        addr as *mut libc::c_void,
+                    );
+                    if p == libc::MAP_FAILED || q == libc::MAP_FAILED {
+                        Err("mremap".to_string())
+                    } else {
+                        Ok(())
+                    }
+                };
+                std::mem::forget(tmp);
+                r
+            })
         }
         "mprotect" => {
-            let m = Mapping {
-                addr,
-                len: len * PAGE,
-            };
-            let r = m
-                .mprotect(libc::PROT_READ)
-                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE));
-            std::mem::forget(m);
-            r
+            let m = Mapping::view(addr, len * PAGE);
+            m.mprotect(libc::PROT_READ)
+                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE))
         }
         "fork" => {
             // SAFETY: The child only writes its own copies and leaves with `_exit`.
@@ -234,72 +246,81 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
             Ok(())
         }
         "ksm-merge" => {
-            let m = Mapping {
-                addr: sh.a,
-                len: A_PAGES * PAGE,
-            };
-            let r = m.madvise(libc::MADV_MERGEABLE);
-            std::mem::forget(m);
-            let m = Mapping {
-                addr: sh.b,
-                len: B_PAGES * PAGE,
-            };
-            let r2 = m.madvise(libc::MADV_MERGEABLE);
-            std::mem::forget(m);
-            r.and(r2).and_then(|_| ksm::write("run", "1"))
+            // MADV_UNMERGEABLE first: after `run=2` KSM has forgotten this mm, and
+            // MADV_MERGEABLE on areas that still carry VM_MERGEABLE would not register it again.
+            // Then let ksmd do two full scans (bounded), so that merges race the readers.
+            let r = [(sh.a, A_PAGES), (sh.b, B_PAGES)]
+                .iter()
+                .try_for_each(|&(a, n)| {
+                    let m = Mapping::view(a, n * PAGE);
+                    m.madvise(libc::MADV_UNMERGEABLE)
+                        .and_then(|_| m.madvise(libc::MADV_MERGEABLE))
+                })
+                .and_then(|_| ksm::write("run", "1"))
+                .and_then(|_| ksm::read("full_scans"));
+            r.and_then(|scans0| {
+                let t0 = Instant::now();
+                let mut scans = scans0;
+                while scans < scans0 + 2 && t0.elapsed() < Duration::from_secs(3) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    scans = ksm::read("full_scans")?;
+                }
+                out.ksm_scans += scans - scans0;
+                let sharing = ksm::read("pages_sharing")?;
+                out.ksm_sharing_peak = out.ksm_sharing_peak.max(sharing);
+                Ok(())
+            })
         }
-        "ksm-unmerge" => ksm::write("run", "2").and_then(|_| ksm::write("run", "1")),
+        "ksm-unmerge" => {
+            // Either KSM's global unmerge or MADV_UNMERGEABLE (unshare) of part of A.
+            if rng.below(2) == 0 {
+                ksm::write("run", "2").and_then(|_| ksm::write("run", "1"))
+            } else {
+                Mapping::view(addr, len * PAGE).madvise(libc::MADV_UNMERGEABLE)
+            }
+        }
         "thp-collapse" => {
-            // Region A is exactly one 2 MiB-aligned huge page: collapse it into a THP. It may
-            // fail (EAGAIN: a page is busy or shared, e.g. by KSM); errors are counted by kind.
-            let m = Mapping {
-                addr: sh.a,
-                len: A_PAGES * PAGE,
-            };
+            // Region A is exactly one 2 MiB-aligned huge page: collapse it into a THP. KSM pages
+            // cannot be collapsed, so unshare A first (it becomes mergeable again at the next
+            // ksm-merge). It may still fail (EAGAIN: a page is busy, e.g. under a secondary
+            // fault's GUP); errors are counted by kind.
+            let m = Mapping::view(sh.a, A_PAGES * PAGE);
             let r = m
-                .madvise(libc::MADV_HUGEPAGE)
+                .madvise(libc::MADV_UNMERGEABLE)
+                .and_then(|_| m.madvise(libc::MADV_HUGEPAGE))
                 .and_then(|_| m.madvise(MADV_COLLAPSE));
-            std::mem::forget(m);
+            if r.is_ok() {
+                out.collapsed += 1;
+            }
             r
         }
         "thp-split" => {
             // A protection change of one page in the middle of a huge page splits it.
-            let m = Mapping {
-                addr: addr,
-                len: PAGE,
-            };
-            let r = m
-                .mprotect(libc::PROT_READ)
-                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE));
-            std::mem::forget(m);
-            r
+            let m = Mapping::view(addr, PAGE);
+            m.mprotect(libc::PROT_READ)
+                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE))
         }
         "compact" => std::fs::write("/proc/sys/vm/compact_memory", "1").map_err(|e| e.to_string()),
         "migrate" => {
-            let n = len;
-            let addrs: Vec<*mut libc::c_void> = (0..n)
-                .map(|k| (addr + k * PAGE) as *mut libc::c_void)
-                .collect();
-            let node = rng.below(2) as i32;
-            let nodes = vec![node; n];
-            let mut status = vec![0i32; n];
-            // SAFETY: Valid arrays of n entries; pid 0 is ourselves.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_move_pages,
-                    0,
-                    n as libc::c_ulong,
-                    addrs.as_ptr(),
-                    nodes.as_ptr(),
-                    status.as_mut_ptr(),
-                    0,
-                )
-            };
-            if r < 0 {
-                Err(format!("move_pages: {}", std::io::Error::last_os_error()))
-            } else {
+            // Ask where the pages are, then move each present one to the other node.
+            let addrs: Vec<usize> = (0..len).map(|k| addr + k * PAGE).collect();
+            move_pages(&addrs, None).and_then(|now| {
+                let (addrs, to): (Vec<usize>, Vec<i32>) = addrs
+                    .iter()
+                    .zip(&now)
+                    .filter(|(_, &n)| n >= 0)
+                    .map(|(&a, &n)| (a, 1 - n.min(1)))
+                    .unzip();
+                let after = move_pages(&addrs, Some(&to))?;
+                out.migrated += after.iter().zip(&to).filter(|(a, t)| a == t).count() as u64;
+                // Pages that could not move (e.g. -EACCES: a KSM page is shared) are counted.
+                for &st in after.iter().filter(|&&st| st < 0) {
+                    *out.errors
+                        .entry(format!("migrate page: {}", errname(-st)))
+                        .or_default() += 1;
+                }
                 Ok(())
-            }
+            })
         }
         "prefault" => s
             .try_fault(addr, len * PAGE, rng.below(2) == 0)
@@ -307,11 +328,33 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng) -> Result<(), String> {
             .or(Ok(())),
         _ => Ok(()),
     };
-    sh.counts.ops[op].fetch_add(1, SeqCst);
-    if r.is_err() {
-        sh.counts.op_errors[op].fetch_add(1, SeqCst);
+    out.ops[op] += 1;
+    if let Err(e) = r {
+        *out.errors.entry(format!("{}: {e}", OPS[op])).or_default() += 1;
     }
-    Ok(())
+}
+
+/// `move_pages(2)` on our own pages: with `nodes`, moves them; without, asks where they are.
+/// Returns the per-page status (a node, or a negative errno).
+fn move_pages(addrs: &[usize], nodes: Option<&[i32]>) -> Result<Vec<i32>, String> {
+    let mut status = vec![0i32; addrs.len()];
+    // SAFETY: `addrs`, `nodes` (if any) and `status` all have `addrs.len()` entries; pid 0 is
+    // this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0,
+            addrs.len() as libc::c_ulong,
+            addrs.as_ptr(),
+            nodes.map_or(std::ptr::null(), |n| n.as_ptr()),
+            status.as_mut_ptr(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(format!("move_pages: {}", std::io::Error::last_os_error()));
+    }
+    Ok(status)
 }
 
 /// The value the process last stored in page `i` of A (0 after a zap or remap).
@@ -321,6 +364,7 @@ static VALUE: [AtomicU64; A_PAGES] = [const { AtomicU64::new(0) }; A_PAGES];
 /// can, so that secondary faults keep racing invalidations that change the page.
 fn hammer(sh: &Shared, mut rng: Rng) {
     while !sh.stop.load(SeqCst) {
+        let _turn = sh.hammer_lock.read().unwrap_or_else(|e| e.into_inner());
         let i = rng.below(HOT);
         let addr = sh.a + i * PAGE;
         let v = sh.version.fetch_add(1, SeqCst) + 1;
@@ -395,7 +439,12 @@ fn dev_writer(sh: &Shared, s: &Spt, mut rng: Rng) {
 }
 
 /// The `/proc/vmstat` counters that show the churn did what it asked for.
-const VMSTAT: [&str; 3] = ["thp_collapse_alloc", "thp_split_pmd", "pgmigrate_success"];
+const VMSTAT: [&str; 4] = [
+    "thp_collapse_alloc",
+    "thp_split_pmd",
+    "pgmigrate_success",
+    "compact_isolated",
+];
 
 fn vmstat() -> Vec<u64> {
     let s = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
@@ -478,6 +527,7 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         started: (0..A_PAGES).map(|_| AtomicU64::new(0)).collect(),
         committed: (0..A_PAGES).map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),
+        hammer_lock: std::sync::RwLock::new(()),
         counts: Counts::default(),
         version: AtomicU64::new(1),
     });
@@ -498,30 +548,35 @@ pub fn stress(args: &[String]) -> Result<(), String> {
     let vm0 = vmstat();
     let t0 = Instant::now();
     let mut churn_rng = Rng::new(rng.next());
+    let mut done = Churn::default();
     while t0.elapsed() < Duration::from_secs(secs) {
-        churn(&sh, &sa, &mut churn_rng)?;
+        churn(&sh, &sa, &mut churn_rng, &mut done);
     }
     sh.stop.store(true, SeqCst);
     for t in threads {
         let _ = t.join();
     }
     let vm1 = vmstat();
-    let full_scans = ksm::read("full_scans").unwrap_or(0);
     ksm::write("run", "2")?;
     let c = &sh.counts;
-    let vm: Vec<String> = VMSTAT
+    let vm: Vec<u64> = vm0.iter().zip(&vm1).map(|(a, b)| b - a).collect();
+    let vm_text: Vec<String> = VMSTAT
         .iter()
-        .zip(vm0.iter().zip(&vm1))
-        .map(|(k, (a, b))| format!("{k}=+{}", b - a))
+        .zip(&vm)
+        .map(|(k, d)| format!("{k}=+{d}"))
         .collect();
     println!(
-        "stress: kernel effects: {} ksm full_scans={full_scans}",
-        vm.join(" ")
+        "stress: kernel effects: {} ksm: full scans {} (while merge operations waited), pages_sharing peak {}; collapses {}, pages migrated {}",
+        vm_text.join(" "),
+        done.ksm_scans,
+        done.ksm_sharing_peak,
+        done.collapsed,
+        done.migrated
     );
     let ops: Vec<String> = OPS
         .iter()
-        .zip(&c.ops)
-        .map(|(n, v)| format!("{n}={}", v.load(SeqCst)))
+        .zip(&done.ops)
+        .map(|(n, v)| format!("{n}={v}"))
         .collect();
     println!(
         "stress: operations: {} hammer(write+zap)={}",
@@ -535,11 +590,10 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         c.reads_efault.load(SeqCst),
         c.dev_writes.load(SeqCst),
     );
-    let errors: Vec<String> = OPS
+    let errors: Vec<String> = done
+        .errors
         .iter()
-        .zip(&c.op_errors)
-        .filter(|(_, v)| v.load(SeqCst) > 0)
-        .map(|(n, v)| format!("{n}={}", v.load(SeqCst)))
+        .map(|(k, v)| format!("[{k}]={v}"))
         .collect();
     println!(
         "stress: operation errors by kind: {}",
@@ -564,5 +618,24 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         c.reads_checked.load(SeqCst) > 0 && c.dev_writes.load(SeqCst) > 0,
         || "nothing was checked".into(),
     )?;
-    check(st.change_pte_illegal == 0, || "illegal change_pte".into())
+    check(st.change_pte_illegal == 0, || "illegal change_pte".into())?;
+    // The churn must have done what it claims, or a clean run proves little.
+    let missing: Vec<&str> = [
+        ("KSM merged nothing", done.ksm_sharing_peak > 0),
+        ("no THP collapse", done.collapsed > 0 && vm[0] > 0),
+        ("no THP split", vm[1] > 0),
+        ("no page migrated", done.migrated > 0 && vm[2] > 0),
+        ("compaction isolated nothing", vm[3] > 0),
+        ("no change_pte", st.change_pte_updated > 0),
+    ]
+    .iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(what, _)| *what)
+    .collect();
+    check(missing.is_empty(), || {
+        format!(
+            "the churn had no effect: {} (seed {seed})",
+            missing.join(", ")
+        )
+    })
 }
