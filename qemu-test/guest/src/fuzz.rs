@@ -35,15 +35,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         .first()
         .map(|a| a.parse().unwrap_or(100_000))
         .unwrap_or(100_000);
-    let seed: u64 = args
-        .get(1)
-        .map(|a| a.parse().unwrap_or(7))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
+    let seed = seed(args.get(1).map(String::as_str))?;
     println!("fuzz: {calls} calls, seed {seed} (rerun: sptest fuzz {calls} {seed})");
     let mut rng = Rng::new(seed);
     // The mirrored memory, a read-only page inside it, a hole after it.

@@ -265,11 +265,7 @@ fn coherence_mode(mode: u32, name: &str) -> Result<(), String> {
     // fork: the child's copy-on-write copies never show through the parent's table, and the
     // parent's own COW breaks keep its table coherent.
     eq_or("write prefault", s.fault(m.addr, m.len, true)?, N as u64)?;
-    let mut go = [0i32; 2];
-    // SAFETY: Plain pipe creation into a local array.
-    check(unsafe { libc::pipe(go.as_mut_ptr()) } == 0, || {
-        "pipe".into()
-    })?;
+    let go = pipe()?;
     // SAFETY: This test process is single-threaded; the child only uses async-signal-safe calls
     // and our own memory before `_exit`.
     let pid = unsafe { libc::fork() };

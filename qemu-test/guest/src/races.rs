@@ -136,11 +136,7 @@ fn reaped() -> Result<(), String> {
     let nonblock0 = debugfs_counter("global", "invalidate_nonblock")?;
     let mut reaped_by_us = 0;
     for round in 0..5 {
-        let mut go = [0i32; 2];
-        // SAFETY: Creating a pipe into a local array.
-        check(unsafe { libc::pipe(go.as_mut_ptr()) } == 0, || {
-            "pipe".into()
-        })?;
+        let go = pipe()?;
         // SAFETY: Single-threaded here; the child never returns.
         let pid = unsafe { libc::fork() };
         if pid == 0 {

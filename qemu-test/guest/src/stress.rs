@@ -497,17 +497,7 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         .or(param("shadowpt.stress_secs="))
         .map(|a| a.parse().unwrap_or(20))
         .unwrap_or(20);
-    let seed: u64 = args
-        .get(1)
-        .cloned()
-        .or(param("shadowpt.seed="))
-        .map(|a| a.parse().unwrap_or(1))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = seed(args.get(1).cloned().or(param("shadowpt.seed=")).as_deref())?;
     println!("stress: seed {seed}, {secs} s (rerun: sptest stress {secs} {seed})");
     ksm::reset(A_PAGES + B_PAGES)?;
     let _ = std::fs::write("/sys/kernel/mm/transparent_hugepage/enabled", "madvise");

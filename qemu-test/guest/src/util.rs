@@ -81,3 +81,24 @@ pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
         Err(msg())
     }
 }
+
+/// A pipe: `[read end, write end]`.
+pub fn pipe() -> Result<[i32; 2], String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `pipe` writes two descriptors into the local array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    Ok(fds)
+}
+
+/// A seed for a seeded test: `arg` if given (it must be a number), else one from the clock (the
+/// test prints it, so that a run can be repeated).
+pub fn seed(arg: Option<&str>) -> Result<u64, String> {
+    match arg {
+        Some(a) => a.parse().map_err(|_| format!("bad seed {a:?}")),
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)),
+    }
+}
