@@ -177,6 +177,8 @@ pub fn errname(e: Errno) -> String {
         libc::ENOTTY => "ENOTTY",
         libc::ENOMEM => "ENOMEM",
         libc::EINTR => "EINTR",
+        libc::ENOENT => "ENOENT",
+        libc::EAGAIN => "EAGAIN",
         _ => return format!("errno {e}"),
     };
     n.to_string()
