@@ -221,8 +221,11 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng, out: &mut Churn) {
                 r
             })
         }
-        "mprotect" => {
-            let m = Mapping::view(addr, len * PAGE);
+        "mprotect" | "thp-split" => {
+            // Read-only and back. On a single page in the middle of a huge page (thp-split),
+            // the protection change splits it.
+            let pages = if OPS[op] == "thp-split" { 1 } else { len };
+            let m = Mapping::view(addr, pages * PAGE);
             m.mprotect(libc::PROT_READ)
                 .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE))
         }
@@ -293,12 +296,6 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng, out: &mut Churn) {
                 out.collapsed += 1;
             }
             r
-        }
-        "thp-split" => {
-            // A protection change of one page in the middle of a huge page splits it.
-            let m = Mapping::view(addr, PAGE);
-            m.mprotect(libc::PROT_READ)
-                .and_then(|_| m.mprotect(libc::PROT_READ | libc::PROT_WRITE))
         }
         "compact" => std::fs::write("/proc/sys/vm/compact_memory", "1").map_err(|e| e.to_string()),
         "migrate" => {
