@@ -278,6 +278,11 @@ impl Mirror {
                 seq = inner.seq;
                 continue;
             }
+            // A writable entry is only ever created here, and the page is marked dirty with
+            // it (below): writes through the table never touch the primary PTE's dirty bit, so
+            // this is how the core mm learns that the page holds data. The core mm cleans a page
+            // (`MADV_FREE`, writeback) only inside an invalidation, which zaps the entry first:
+            // while the entry exists, the page stays dirty (KVM's `kvm_release_faultin_page()`).
             let entry = Entry::new(page.pfn(), page.is_zero_page(), write, true, write);
             if self.max_pages != 0
                 && inner.table.pages() + inner.table.missing_tables(addr) > self.max_pages
@@ -285,6 +290,13 @@ impl Mirror {
                 return Err(ENOMEM);
             }
             inner.table.install(addr, entry, cache)?;
+            if write && !cfg!(shadowpt_break = "no_dirty") {
+                // SAFETY: `must_retry()` is false with `inner` held: no invalidation of `addr`
+                // has begun since `seq` was sampled, before the lookup, and none can get past
+                // its `invalidate_range_start` (which takes `inner`) to change the primary PTE
+                // before we unlock. So the primary page table still maps `page` at `addr`.
+                unsafe { page.mark_dirty() };
+            }
             self.update_gauges(&inner);
             drop(inner);
             // The table holds no page reference: from here on the notifier keeps it coherent.
@@ -316,14 +328,17 @@ impl Mirror {
                 let entry = inner.table.lookup(page_addr);
                 if entry.present() && (!write || entry.writable()) {
                     if write {
-                        // SAFETY: The entry is present and writable and `inner` is held, so no
-                        // invalidation can zap it, and the primary page table cannot stop
-                        // mapping the page, before the lock is released (see the module's
-                        // protocol): the frame stays the process's writable page.
+                        // SAFETY: The entry is present and writable and `inner` is held. The
+                        // frame can only be freed after an invalidation of the address zapped
+                        // the entry in `invalidate_range_start` or a `change_pte` moved it, and
+                        // both need `inner`; a writable entry is never kept through a flagged
+                        // range's start without `change_pte` making it read-only first. So the
+                        // frame stays the process's page, writable by it and marked dirty (see
+                        // `fault`), for the whole copy.
                         unsafe { gup::copy_to_pfn(entry.pfn(), offset, buf)? };
                     } else {
-                        // SAFETY: As above, the entry is present and `inner` is held, so the
-                        // frame stays the page the process maps for the whole copy.
+                        // SAFETY: As above: the entry is present and `inner` is held, so the
+                        // frame is not freed before the copy ends.
                         unsafe { gup::copy_from_pfn(entry.pfn(), offset, buf)? };
                     }
                     inner.table.update(page_addr, |e| e.touched(write));
@@ -487,14 +502,12 @@ impl MmuNotifier for Mirror {
             // Dirty is carried over; the zero page is never dirty through us.
             let dirty =
                 !pte.zero_page() && ((old.dirty() && old.pfn() == pte.pfn()) || pte.dirty());
+            // Read-only, whatever `pte` allows (KVM's policy before 6.10, and the contract's):
+            // a writable entry must come with the page marked dirty, which only the fault path
+            // does, holding a reference on the page. A later write through the table faults and
+            // upgrades the entry.
             inner.table.update(address, |_| {
-                Entry::new(
-                    pte.pfn(),
-                    pte.zero_page(),
-                    pte.writable(),
-                    old.accessed(),
-                    dirty,
-                )
+                Entry::new(pte.pfn(), pte.zero_page(), false, old.accessed(), dirty)
             });
             Counter::change_pte_updated
         };

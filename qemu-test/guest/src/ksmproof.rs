@@ -244,6 +244,16 @@ fn merge_and_break(
         e.m.put(i * PAGE + 7, &[0xee]);
     }
     e.phase("cow-write", &before, n as u64, rows)?;
+    if e.keep {
+        // change_pte installs read-only even though the process's new PTE is writable.
+        let snap = e.s.snapshot(e.mirror_addr(), n)?;
+        if let Some(i) = snap.iter().position(|&x| x & PAGE_WRITABLE != 0) {
+            return Err(format!(
+                "change_pte N={n} cow-write: page {i} updated writable (state {:#x})",
+                snap[i]
+            ));
+        }
+    }
 
     // Identical again, merged again, then unshared by MADV_UNMERGEABLE.
     ksm::write("run", "2")?;

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cptest;
+mod dirty;
 mod fuzz;
 mod ksm;
 mod ksmproof;
@@ -54,6 +55,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "mirror_lifecycle",
         run: mirror::lifecycle,
+    },
+    Test {
+        name: "mirror_dirty",
+        run: dirty::dirty,
     },
     Test {
         name: "ksm_proof",
