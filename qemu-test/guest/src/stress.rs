@@ -19,7 +19,11 @@
 //! Region B (device-owned): only a writer thread writes it, through the table (like DMA). After
 //! each write returns, the process's own mapping must show the value: otherwise the table wrote
 //! into a page the process no longer maps (a **lost write**). The churn on B preserves data (KSM,
-//! fork, mprotect, migration, compaction, THP), so the process's view never changes by itself.
+//! fork, mprotect, migration, compaction, THP, `MADV_COLD`, `MADV_PAGEOUT`), except
+//! `madv-free-b`: `MADV_FREE` then `MADV_PAGEOUT` of part of B, which may discard what was
+//! written before it. The writer also re-reads, from the process, a page it wrote earlier: if no
+//! `madv-free-b` began since that write (`b_frees` unchanged and even), the page must still hold
+//! the value, or reclaim discarded data written through the table (also a **lost write**).
 
 use crate::ksm;
 use crate::mem::{Mapping, PAGE};
@@ -69,6 +73,10 @@ struct Counts {
     stale: AtomicU64,
     dev_writes: AtomicU64,
     lost_writes: AtomicU64,
+    /// Earlier device writes re-read from the process and found intact or lost.
+    dev_rechecked: AtomicU64,
+    /// Device writes that raced a `madv-free-b` and read back as zeros (allowed).
+    dev_raced_free: AtomicU64,
     hammer: AtomicU64,
 }
 
@@ -88,7 +96,7 @@ struct Churn {
     ksm_scans: u64,
 }
 
-const OPS: [&str; 13] = [
+const OPS: [&str; 16] = [
     "write",
     "dontneed",
     "remap",
@@ -102,6 +110,9 @@ const OPS: [&str; 13] = [
     "compact",
     "migrate",
     "prefault",
+    "madv-free-b",
+    "pageout",
+    "cold",
 ];
 
 struct Shared {
@@ -114,6 +125,8 @@ struct Shared {
     hammer_lock: std::sync::RwLock<()>,
     counts: Counts,
     version: AtomicU64,
+    /// Raised before and after every `madv-free-b`: odd while one runs.
+    b_frees: AtomicU64,
 }
 
 fn fill_version(addr: usize, v: u64) {
@@ -323,6 +336,32 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng, out: &mut Churn) {
             .try_fault(addr, len * PAGE, rng.below(2) == 0)
             .map(|_| ())
             .or(Ok(())),
+        "madv-free-b" => {
+            // The process frees part of B, then reclaim runs over it: pages the device did not
+            // write since are discarded (zeros), pages it wrote since must keep the data.
+            let first = rng.below(B_PAGES);
+            let m = Mapping::view(sh.b + first * PAGE, (1 + rng.below(B_PAGES - first)) * PAGE);
+            sh.b_frees.fetch_add(1, SeqCst);
+            let r = m
+                .madvise(libc::MADV_FREE)
+                .and_then(|_| m.madvise(libc::MADV_PAGEOUT));
+            sh.b_frees.fetch_add(1, SeqCst);
+            r
+        }
+        "pageout" | "cold" => {
+            // Data-preserving on both regions: no swap, so dirty anonymous pages stay; reclaim
+            // and deactivation still walk the rmap (and ask the table for its accessed bits).
+            let advice = if OPS[op] == "pageout" {
+                libc::MADV_PAGEOUT
+            } else {
+                libc::MADV_COLD
+            };
+            if rng.below(2) == 0 {
+                Mapping::view(addr, len * PAGE).madvise(advice)
+            } else {
+                Mapping::view(sh.b, B_PAGES * PAGE).madvise(advice)
+            }
+        }
         _ => Ok(()),
     };
     out.ops[op] += 1;
@@ -420,27 +459,51 @@ fn reader(sh: &Shared, s: &Spt, mut rng: Rng) {
 /// The device writer of region B: write through the table, then check the process sees it.
 fn dev_writer(sh: &Shared, s: &Spt, mut rng: Rng) {
     let mut v = 1u64 << 48;
+    // Per page of B: the last write (address, value) and the `b_frees` epoch it completed in,
+    // if no `madv-free-b` overlapped it.
+    let mut last: Vec<Option<(usize, u64, u64)>> = vec![None; B_PAGES];
+    let c = &sh.counts;
     while !sh.stop.load(SeqCst) {
+        // An earlier write must still be there unless a madv-free-b began since.
+        let j = rng.below(B_PAGES);
+        if let Some((addr, want, epoch)) = last[j] {
+            let seen = read_u64(addr);
+            if sh.b_frees.load(SeqCst) == epoch {
+                c.dev_rechecked.fetch_add(1, SeqCst);
+                if seen != want {
+                    c.lost_writes.fetch_add(1, SeqCst);
+                    eprintln!("stress: LOST device write to B page {j}: wrote {want:#x} earlier, reclaim left {seen:#x}");
+                }
+            }
+        }
         let i = rng.below(B_PAGES);
         v += 1;
         let addr = sh.b + i * PAGE + 8 * rng.below(PAGE / 8);
+        let e0 = sh.b_frees.load(SeqCst);
         if s.try_write(addr, &v.to_ne_bytes()).is_ok() {
-            sh.counts.dev_writes.fetch_add(1, SeqCst);
+            c.dev_writes.fetch_add(1, SeqCst);
             let seen = read_u64(addr);
-            if seen != v {
-                sh.counts.lost_writes.fetch_add(1, SeqCst);
+            let e1 = sh.b_frees.load(SeqCst);
+            let quiet = e0 == e1 && e0 % 2 == 0;
+            if seen != v && (quiet || seen != 0) {
+                c.lost_writes.fetch_add(1, SeqCst);
                 eprintln!("stress: LOST device write to B page {i}: wrote {v:#x}, the process sees {seen:#x}");
+            } else if seen != v {
+                c.dev_raced_free.fetch_add(1, SeqCst);
             }
+            last[i] = quiet.then_some((addr, v, e0));
         }
     }
 }
 
 /// The `/proc/vmstat` counters that show the churn did what it asked for.
-const VMSTAT: [&str; 4] = [
+const VMSTAT: [&str; 6] = [
     "thp_collapse_alloc",
     "thp_split_pmd",
     "pgmigrate_success",
     "compact_isolated",
+    "pglazyfree",
+    "pglazyfreed",
 ];
 
 fn vmstat() -> Vec<u64> {
@@ -517,6 +580,7 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         hammer_lock: std::sync::RwLock::new(()),
         counts: Counts::default(),
         version: AtomicU64::new(1),
+        b_frees: AtomicU64::new(0),
     });
     let mut rng = Rng::new(seed);
     let mut threads = Vec::new();
@@ -571,11 +635,13 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         c.hammer.load(SeqCst)
     );
     println!(
-        "stress: reads checked {} (raced a write {}, EFAULT while unmapped {}), device writes {}",
+        "stress: reads checked {} (raced a write {}, EFAULT while unmapped {}), device writes {} (re-read later {}, raced MADV_FREE {})",
         c.reads_checked.load(SeqCst),
         c.reads_raced.load(SeqCst),
         c.reads_efault.load(SeqCst),
         c.dev_writes.load(SeqCst),
+        c.dev_rechecked.load(SeqCst),
+        c.dev_raced_free.load(SeqCst),
     );
     let errors: Vec<String> = done
         .errors
@@ -613,6 +679,9 @@ pub fn stress(args: &[String]) -> Result<(), String> {
         ("no THP split", vm[1] > 0),
         ("no page migrated", done.migrated > 0 && vm[2] > 0),
         ("compaction isolated nothing", vm[3] > 0),
+        ("MADV_FREE freed nothing", vm[4] > 0),
+        ("reclaim discarded no lazily freed page", vm[5] > 0),
+        ("no device write re-read", c.dev_rechecked.load(SeqCst) > 0),
         ("no change_pte", st.change_pte_updated > 0),
     ]
     .iter()
