@@ -9,7 +9,7 @@
 use kernel::{ioctl, prelude::*, uaccess::UserSliceReader};
 
 /// ioctl type byte (`SHADOWPT_IOCTL_TYPE`).
-const TYPE: u32 = 0xb7;
+const TYPE: u32 = 0xb9;
 
 /// Largest range of one attachment (`SHADOWPT_MAX_ATTACH`).
 pub(crate) const MAX_ATTACH: usize = 1 << 36;

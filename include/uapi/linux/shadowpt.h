@@ -21,8 +21,12 @@
 /* The misc device. */
 #define SHADOWPT_DEVICE		"/dev/shadowpt"
 
-/* ioctl type byte of every shadowpt ioctl. */
-#define SHADOWPT_IOCTL_TYPE	0xb7
+/*
+ * ioctl type byte of every shadowpt ioctl: free in
+ * Documentation/userspace-api/ioctl/ioctl-number.rst (0xb7 belongs to nsfs
+ * and remoteproc).
+ */
+#define SHADOWPT_IOCTL_TYPE	0xb9
 
 /* Largest range one attachment may mirror: 64 GiB. */
 #define SHADOWPT_MAX_ATTACH	(1ULL << 36)

@@ -489,12 +489,12 @@ pub fn errors(_: &[String]) -> Result<(), String> {
     )?;
     expect(
         "unknown ioctl",
-        raw_ioctl(s.fd(), (3 << 30) | (32 << 16) | (0xb7 << 8) | 99, 0),
+        raw_ioctl(s.fd(), (3 << 30) | (32 << 16) | (IOC_TYPE << 8) | 99, 0),
         libc::ENOTTY,
     )?;
     expect(
         "wrong size in number",
-        raw_ioctl(s.fd(), (3 << 30) | (24 << 16) | (0xb7 << 8) | 1, 0),
+        raw_ioctl(s.fd(), (3 << 30) | (24 << 16) | (IOC_TYPE << 8) | 1, 0),
         libc::ENOTTY,
     )?;
     expect(

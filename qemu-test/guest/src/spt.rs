@@ -130,8 +130,11 @@ impl Stats {
     }
 }
 
+/// `SHADOWPT_IOCTL_TYPE`.
+pub const IOC_TYPE: u64 = 0xb9;
+
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
-    (dir << 30) | ((size as u64) << 16) | (0xb7 << 8) | nr
+    (dir << 30) | ((size as u64) << 16) | (IOC_TYPE << 8) | nr
 }
 const W: u64 = 1;
 const R: u64 = 2;
