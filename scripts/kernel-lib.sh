@@ -8,6 +8,16 @@ kernel_git() {
 	git -C "$1" -c gc.auto=0 -c user.name=shadowpt -c user.email=shadowpt@localhost "${@:2}"
 }
 
+# series_patches DIR: the patches of the series in DIR, in order; the cover
+# letter (0000-*) is not one of them.
+series_patches() {
+	local p
+	for p in "$1"/*.patch; do
+		[ -e "$p" ] || continue
+		case ${p##*/} in 0000-*) ;; *) echo "$p" ;; esac
+	done
+}
+
 # kernel_make DIR ARGS...: make in a kernel tree with the project's toolchain.
 kernel_make() {
 	make -C "$1" ARCH=x86_64 RUSTC="$SHADOWPT_RUSTC" RUSTDOC="$SHADOWPT_RUSTDOC" \

@@ -136,3 +136,18 @@ pub fn unload_while_open(_: &[String]) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// `kernel::mm::gup::get_user_page_fast()` called from a kernel thread (no address space):
+/// `spt_nomm.ko` loads only if the lookup returned `ESRCH` (an unchecked lookup dereferences
+/// the missing mm and oopses, which fails the run).
+pub fn gup_without_mm(_: &[String]) -> Result<(), String> {
+    sh("insmod", &["/lib/modules/spt_nomm.ko"])?;
+    let log = sh("dmesg", &[])?;
+    check(
+        log.contains("get_user_page_fast from a kernel thread: ESRCH"),
+        || "spt_nomm loaded without reporting ESRCH".into(),
+    )?;
+    sh("rmmod", &["spt_nomm"])?;
+    println!("get_user_page_fast from a kernel thread: ESRCH, no oops");
+    Ok(())
+}

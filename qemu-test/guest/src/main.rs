@@ -90,6 +90,10 @@ const TESTS: &[Test] = &[
         name: "change_pte_reachable",
         run: cptest::change_pte_reachable,
     },
+    Test {
+        name: "gup_without_mm",
+        run: lifecycle::gup_without_mm,
+    },
     // Harness self-test (qemu-test/selftest): must make the run fail.
     Test {
         name: "harness_fail",
