@@ -175,6 +175,7 @@ impl ShadowPtFile {
         let stats = Arc::new(Stats::new(), GFP_KERNEL)?;
         let mirror = Mirror::new(req.start, end, mode, stats.clone())?;
         let registration = KBox::pin_init(Registration::register(mm, mirror), GFP_KERNEL)?;
+        registration.publish_gauges();
         let info = debugfs::AttachmentInfo::new(stats, mode, req.start, end);
         let dir = debugfs::attachment_dir(id, info)?;
         let attachment = Arc::new(

@@ -111,10 +111,15 @@ impl Inner {
 ///
 /// # Invariants
 ///
-/// Every present entry of `inner.table` maps a page that the primary page table of the attached
-/// address space maps at the same address, with write access if the entry is writable, except
-/// between an `invalidate_range_start` of that address and the next release of `inner` (which
-/// zaps it or, for a `change_pte` range, is followed by the `change_pte` that updates it).
+/// Every present entry of `inner.table` maps a page frame that the attached address space
+/// mapped at the same address after the last invalidation of that address ended, and that is
+/// not freed before the entry is gone or moved: the core mm frees the page only after the
+/// `invalidate_range_start` that zaps the entry, or (for a range flagged `change_pte`, in
+/// `change_pte` mode, where the entry is kept through the start) after the `change_pte` that
+/// moves it; both take `inner`. The primary PTE itself may be cleared without `inner` (KSM and
+/// copy-on-write clear it before `change_pte`), so "present" does not mean "mapped right now".
+/// A writable entry is only created by a write fault, which marked its page dirty, and is never
+/// kept through a flagged start without `change_pte` making it read-only or zapping it.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Mirror {
     start: usize,
@@ -148,7 +153,8 @@ impl Mirror {
         stats: Arc<Stats>,
     ) -> Result<impl PinInit<Self, Error>> {
         let table = Table::new()?;
-        stats.set_gauge(Counter::table_pages, table.pages());
+        // The gauges are published by `publish_gauges` once the mirror is registered, so that
+        // a registration that fails leaves them untouched.
         Ok(try_pin_init!(Self {
             start,
             end,
@@ -208,6 +214,11 @@ impl Mirror {
         Ok(inner.table.first_failing(addr, end, |entry| {
             entry.present() && (!write || entry.writable())
         }))
+    }
+
+    /// Publishes the gauges of the new, registered mirror.
+    pub(crate) fn publish_gauges(&self) {
+        self.update_gauges(&self.inner.lock());
     }
 
     /// Publishes the table's gauges. Called with `inner` held, after every change of the table.
@@ -442,7 +453,7 @@ impl MmuNotifier for Mirror {
         }
         let t0 = Instant::<Monotonic>::now();
         let mut inner = self.inner.lock();
-        inner.in_progress += 1;
+        inner.in_progress = inner.in_progress.saturating_add(1);
         if inner.in_progress == 1 {
             inner.inv_start = range.start();
             inner.inv_end = range.end();
@@ -477,7 +488,14 @@ impl MmuNotifier for Mirror {
         }
         let mut inner = self.inner.lock();
         inner.seq = inner.seq.wrapping_add(1);
-        inner.in_progress -= 1;
+        // Starts and ends pair up (same overlap test on the same range); an end without its
+        // start would be a core mm bug. Warn, and do not panic under the PTE lock.
+        match inner.in_progress.checked_sub(1) {
+            Some(n) => inner.in_progress = n,
+            None => {
+                warn_on!(true);
+            }
+        }
         drop(inner);
         self.stats.inc(Counter::invalidate_end);
     }
@@ -506,9 +524,14 @@ impl MmuNotifier for Mirror {
             // a writable entry must come with the page marked dirty, which only the fault path
             // does, holding a reference on the page. A later write through the table faults and
             // upgrades the entry.
-            inner.table.update(address, |_| {
-                Entry::new(pte.pfn(), pte.zero_page(), false, old.accessed(), dirty)
-            });
+            let writable = cfg!(shadowpt_break = "writable_install") && pte.writable();
+            // Update or zap: never leave the kept entry as it was. The broken build skips the
+            // moves to a new page (and counts them as updates), as if it could not handle them.
+            if !(cfg!(shadowpt_break = "skip_update") && pte.pfn() != old.pfn()) {
+                inner.table.update(address, |_| {
+                    Entry::new(pte.pfn(), pte.zero_page(), writable, old.accessed(), dirty)
+                });
+            }
             Counter::change_pte_updated
         };
         self.update_gauges(&inner);

@@ -30,8 +30,11 @@ module! {
     license: "GPL",
     params: {
         max_table_pages: u64 {
-            default: 0,
-            description: "Most 4 KiB tables one attachment may use (0: no limit); faults beyond it fail with ENOMEM",
+            // Enough to map every page of the largest attachment at any alignment (64 GiB: at
+            // most 32,769 leaf tables, 65, 2 and 1 above them), so the default refuses nothing
+            // that the ABI allows, but a table cannot grow without bound.
+            default: 32_837,
+            description: "Most 4 KiB tables one attachment may use (0: no limit; default: enough for the largest attachment); faults beyond it fail with ENOMEM",
         },
     },
 }

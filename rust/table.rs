@@ -117,25 +117,27 @@ struct Node {
 }
 
 impl Node {
+    // Tables are charged to the memory cgroup of the task that faults them in, like KVM's MMU
+    // caches (`GFP_KERNEL_ACCOUNT`): a process cannot grow kernel memory outside its limit.
     fn new_dir() -> Result<KBox<Self>> {
-        let slots = KBox::<DirSlots>::zeroed(GFP_KERNEL)?;
+        let slots = KBox::<DirSlots>::zeroed(GFP_KERNEL_ACCOUNT)?;
         Ok(KBox::new(
             Node {
                 count: 0,
                 slots: Slots::Dir(slots),
             },
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?)
     }
 
     fn new_leaf() -> Result<KBox<Self>> {
-        let slots = KBox::<LeafSlots>::zeroed(GFP_KERNEL)?;
+        let slots = KBox::<LeafSlots>::zeroed(GFP_KERNEL_ACCOUNT)?;
         Ok(KBox::new(
             Node {
                 count: 0,
                 slots: Slots::Leaf(slots),
             },
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?)
     }
 }
@@ -180,10 +182,10 @@ impl NodeCache {
     /// `ENOMEM`. May sleep: call it without the tree's lock.
     pub(crate) fn top_up(&mut self) -> Result {
         while self.dirs.len() < LEVELS - 2 {
-            self.dirs.push(Node::new_dir()?, GFP_KERNEL)?;
+            self.dirs.push(Node::new_dir()?, GFP_KERNEL_ACCOUNT)?;
         }
         if self.leaves.is_empty() {
-            self.leaves.push(Node::new_leaf()?, GFP_KERNEL)?;
+            self.leaves.push(Node::new_leaf()?, GFP_KERNEL_ACCOUNT)?;
         }
         Ok(())
     }
