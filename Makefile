@@ -10,6 +10,7 @@
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
 #   make check-series every prefix of patches/ applies and builds (slow)
 #   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
+#   make check-kasan  the guest suite and a stress run on a KASAN kernel (slow)
 #
 # See README.md for the environment variables.
 
@@ -36,7 +37,7 @@ KMAKE_VARS =
 endif
 
 .PHONY: all modules test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
-	clean help
+	check-kasan clean help
 
 all: modules
 
@@ -95,6 +96,10 @@ check-series: setup
 
 compare-hmm: setup
 	@$(SCRIPTS)/compare-hmm-tests
+
+# The guest suite and KASAN_STRESS_SECS (120) of stress on a KASAN (clang) kernel.
+check-kasan: guest
+	@$(SCRIPTS)/check-kasan
 
 clean:
 	@if [ -d "$(KDIR)" ]; then $(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) clean; fi

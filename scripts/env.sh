@@ -9,4 +9,13 @@
 : "${LIBCLANG_PATH:=/usr/lib/llvm-19/lib}"
 BINDGEN_VERSION=0.72.1
 : "${SHADOWPT_BINDGEN:=$SHADOWPT_CACHE/tools/bin/bindgen}"
+# SHADOWPT_SANITIZE=kasan selects the KASAN variant of the test kernel (scripts/check-kasan),
+# which clang builds: SHADOWPT_LLVM is the LLVM= suffix the kernel and module builds get.
+: "${SHADOWPT_SANITIZE:=}"
+if [ "$SHADOWPT_SANITIZE" = kasan ]; then
+	: "${SHADOWPT_LLVM:=-19}"
+else
+	SHADOWPT_LLVM=
+fi
 export SHADOWPT_CACHE SHADOWPT_RUSTC SHADOWPT_RUSTDOC SHADOWPT_RUST_SRC LIBCLANG_PATH SHADOWPT_BINDGEN
+export SHADOWPT_SANITIZE SHADOWPT_LLVM

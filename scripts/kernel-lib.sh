@@ -19,9 +19,11 @@ series_patches() {
 }
 
 # kernel_make DIR ARGS...: make in a kernel tree with the project's toolchain.
+# With SHADOWPT_LLVM set (the KASAN variant), clang/LLVM build the C side.
 kernel_make() {
 	make -C "$1" ARCH=x86_64 RUSTC="$SHADOWPT_RUSTC" RUSTDOC="$SHADOWPT_RUSTDOC" \
-		HOSTRUSTC="$SHADOWPT_RUSTC" BINDGEN="$SHADOWPT_BINDGEN" "${@:2}"
+		HOSTRUSTC="$SHADOWPT_RUSTC" BINDGEN="$SHADOWPT_BINDGEN" \
+		${SHADOWPT_LLVM:+LLVM="$SHADOWPT_LLVM"} "${@:2}"
 }
 
 # kernel_unpack SRC DEST: copy a source tree or unpack a tarball into DEST
