@@ -62,8 +62,9 @@ modules: kernel
 test-modules: kernel
 	@$(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(QT)/modules $(KMAKE_VARS) modules
 
-guest:
-	@cd $(QT)/guest && RUSTFLAGS="-C target-feature=+crt-static" \
+# build.rs generates the ABI from include/uapi with the project's bindgen (env.sh).
+guest: setup
+	@$(CACHE_ENV); cd $(QT)/guest && RUSTFLAGS="-C target-feature=+crt-static" \
 		cargo build --quiet --release --locked --target x86_64-unknown-linux-gnu \
 		--target-dir $(OUT)/guest-target
 

@@ -21,7 +21,7 @@ use crate::{
     mirror::{pages, Mirror, Mode},
     stats::{Stats, ATTACHMENTS},
     table::{NodeCache, ADDRESS_LIMIT},
-    uapi::{self, Encoder},
+    uapi,
 };
 use kernel::{
     alloc::KVec,
@@ -110,14 +110,6 @@ impl MiscDevice for ShadowPtFile {
     }
 }
 
-/// Writes `value` at byte `offset` of the user structure at `arg`.
-fn put_u64(arg: usize, offset: usize, value: u64) -> Result {
-    let ptr = UserPtr::from_addr(arg).wrapping_byte_add(offset);
-    UserSlice::new(ptr, 8)
-        .writer()
-        .write_slice(&value.to_ne_bytes())
-}
-
 /// Checks that `addr` and `len` are page aligned and `len` is in `1..=max`.
 fn check_pages(addr: usize, len: usize, max: usize) -> Result {
     if addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
@@ -196,7 +188,7 @@ impl ShadowPtFile {
             }
             *slot = Some(attachment);
         }
-        put_u64(arg, 24, id)?;
+        uapi::write(arg, &req.reply(id))?;
         Ok(0)
     }
 
@@ -239,7 +231,7 @@ impl ShadowPtFile {
             }
             addr += PAGE_SIZE;
         }
-        put_u64(arg, 24, faults)?;
+        uapi::write(arg, &req.reply(faults))?;
         Ok(0)
     }
 
@@ -278,7 +270,7 @@ impl ShadowPtFile {
             }
             addr += chunk;
         }
-        put_u64(arg, 32, faults)?;
+        uapi::write(arg, &req.reply(faults))?;
         Ok(0)
     }
 
@@ -321,14 +313,7 @@ impl ShadowPtFile {
             return Err(EINVAL);
         }
         let mirror = attachment.mirror();
-        let mut enc = Encoder::<{ uapi::STATS_SIZE }>::new();
-        enc.u32(uapi::STATS_SIZE as u32).u32(mirror.mode().to_abi());
-        for v in mirror.stats().values() {
-            enc.u64(v);
-        }
-        UserSlice::new(UserPtr::from_addr(arg), uapi::STATS_SIZE)
-            .writer()
-            .write_slice(&enc.bytes)?;
+        uapi::write(arg, &mirror.stats().reply(mirror.mode().to_abi()))?;
         Ok(0)
     }
 }

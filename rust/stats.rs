@@ -39,9 +39,14 @@ macro_rules! counters {
                 }
             }
 
-            /// Values in ABI order.
-            pub(crate) fn values(&self) -> [u64; crate::uapi::STATS_FIELDS] {
-                [$(self.$name.load(Relaxed)),*]
+            /// The `struct shadowpt_stats` reply. Its fields are named like the counters, so a
+            /// counter missing from the C header, or one more there, does not compile.
+            pub(crate) fn reply(&self, mode: u32) -> crate::uapi::StatsReply {
+                crate::uapi::StatsReply {
+                    size: crate::uapi::STATS_SIZE as u32,
+                    mode,
+                    $($name: self.$name.load(Relaxed),)*
+                }
             }
 
             /// Creates one read-only debugfs file per counter in `dir`.

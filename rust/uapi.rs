@@ -1,125 +1,110 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The ioctl ABI of `/dev/shadowpt`, mirroring `include/uapi/linux/shadowpt.h`.
+//! The ioctl ABI of `/dev/shadowpt`.
 //!
-//! Structures are decoded from and encoded to their C layout field by field (native endianness,
-//! no padding: every structure is a `u32 size`, a `u32`, then `u64`s), so no `unsafe` is needed to
-//! reinterpret bytes. `Documentation/abi.rst` documents every ioctl and errno.
+//! The structures and constants come from the C header, `include/uapi/linux/shadowpt.h`, the one
+//! source of truth: Kbuild runs bindgen on it (`uapi_generated.rs`) with zerocopy derives, and
+//! the requests are read and the replies written as whole `#[repr(C)]` structures through the
+//! kernel crate's user-slice API, with no `unsafe`. Only the ioctl numbers are computed here:
+//! bindgen cannot expand `_IOWR()`, so they are built from the header's type byte and the
+//! generated structures' sizes. `Documentation/abi.rst` documents every ioctl and errno.
 
-use kernel::{ioctl, prelude::*, uaccess::UserSliceReader};
+use kernel::{
+    ioctl,
+    prelude::*,
+    uaccess::{UserPtr, UserSlice, UserSliceReader},
+};
+use zerocopy::Immutable;
+
+/// What bindgen generated from the C header.
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    dead_code,
+    unreachable_pub,
+    clippy::all
+)]
+mod abi {
+    use kernel::prelude::*;
+    include!("uapi_generated.rs");
+}
+
+pub(crate) use abi::shadowpt_stats as StatsReply;
 
 /// ioctl type byte (`SHADOWPT_IOCTL_TYPE`).
-const TYPE: u32 = 0xb9;
+const TYPE: u32 = abi::SHADOWPT_IOCTL_TYPE;
 
 /// Largest range of one attachment (`SHADOWPT_MAX_ATTACH`).
-pub(crate) const MAX_ATTACH: usize = 1 << 36;
+pub(crate) const MAX_ATTACH: usize = abi::SHADOWPT_MAX_ATTACH as usize;
 /// Largest range of one FAULT, READ, WRITE or SNAPSHOT call (`SHADOWPT_MAX_IO`).
-pub(crate) const MAX_IO: usize = 1 << 30;
+pub(crate) const MAX_IO: usize = abi::SHADOWPT_MAX_IO as usize;
 
 /// `SHADOWPT_MODE_CHANGE_PTE`.
-pub(crate) const MODE_CHANGE_PTE: u32 = 0;
+pub(crate) const MODE_CHANGE_PTE: u32 = abi::SHADOWPT_MODE_CHANGE_PTE;
 /// `SHADOWPT_MODE_ZAP`.
-pub(crate) const MODE_ZAP: u32 = 1;
+pub(crate) const MODE_ZAP: u32 = abi::SHADOWPT_MODE_ZAP;
 
 /// `SHADOWPT_ACCESS_WRITE`.
-pub(crate) const ACCESS_WRITE: u32 = 1 << 0;
+pub(crate) const ACCESS_WRITE: u32 = abi::SHADOWPT_ACCESS_WRITE;
 
-/// Snapshot state bits (`SHADOWPT_PAGE_*`).
-pub(crate) const PAGE_PRESENT: u8 = 1 << 0;
-pub(crate) const PAGE_WRITABLE: u8 = 1 << 1;
-pub(crate) const PAGE_ACCESSED: u8 = 1 << 2;
-pub(crate) const PAGE_DIRTY: u8 = 1 << 3;
-pub(crate) const PAGE_PRIMARY: u8 = 1 << 4;
-pub(crate) const PAGE_PFN_MATCH: u8 = 1 << 5;
-pub(crate) const PAGE_ZERO: u8 = 1 << 6;
+/// Snapshot state bits (`SHADOWPT_PAGE_*`, one byte per page).
+pub(crate) const PAGE_PRESENT: u8 = abi::SHADOWPT_PAGE_PRESENT as u8;
+pub(crate) const PAGE_WRITABLE: u8 = abi::SHADOWPT_PAGE_WRITABLE as u8;
+pub(crate) const PAGE_ACCESSED: u8 = abi::SHADOWPT_PAGE_ACCESSED as u8;
+pub(crate) const PAGE_DIRTY: u8 = abi::SHADOWPT_PAGE_DIRTY as u8;
+pub(crate) const PAGE_PRIMARY: u8 = abi::SHADOWPT_PAGE_PRIMARY as u8;
+pub(crate) const PAGE_PFN_MATCH: u8 = abi::SHADOWPT_PAGE_PFN_MATCH as u8;
+pub(crate) const PAGE_ZERO: u8 = abi::SHADOWPT_PAGE_ZERO as u8;
 
-/// Sizes of the structures, in bytes.
-pub(crate) const ATTACH_SIZE: usize = 32;
-pub(crate) const FAULT_SIZE: usize = 32;
-pub(crate) const RW_SIZE: usize = 40;
-pub(crate) const SNAPSHOT_SIZE: usize = 32;
-pub(crate) const STATS_SIZE: usize = 8 + 8 * STATS_FIELDS;
-/// Number of `u64` counters in `struct shadowpt_stats`.
-pub(crate) const STATS_FIELDS: usize = 16;
+/// Sizes of the structures, in bytes (each carries its own in its `size` field).
+pub(crate) const ATTACH_SIZE: usize = size_of::<abi::shadowpt_attach>();
+pub(crate) const FAULT_SIZE: usize = size_of::<abi::shadowpt_fault>();
+pub(crate) const RW_SIZE: usize = size_of::<abi::shadowpt_rw>();
+pub(crate) const SNAPSHOT_SIZE: usize = size_of::<abi::shadowpt_snapshot>();
+pub(crate) const STATS_SIZE: usize = size_of::<abi::shadowpt_stats>();
 
-/// A placeholder of `N` bytes, so that `_IOWR::<Bytes<N>>` encodes the C structure's size.
-pub(crate) struct Bytes<const N: usize>([u8; N]);
-
-pub(crate) const IOC_ATTACH: u32 = ioctl::_IOWR::<Bytes<ATTACH_SIZE>>(TYPE, 1);
+pub(crate) const IOC_ATTACH: u32 = ioctl::_IOWR::<abi::shadowpt_attach>(TYPE, 1);
 pub(crate) const IOC_DETACH: u32 = ioctl::_IO(TYPE, 2);
-pub(crate) const IOC_FAULT: u32 = ioctl::_IOWR::<Bytes<FAULT_SIZE>>(TYPE, 3);
-pub(crate) const IOC_READ: u32 = ioctl::_IOWR::<Bytes<RW_SIZE>>(TYPE, 4);
-pub(crate) const IOC_WRITE: u32 = ioctl::_IOWR::<Bytes<RW_SIZE>>(TYPE, 5);
-pub(crate) const IOC_SNAPSHOT: u32 = ioctl::_IOW::<Bytes<SNAPSHOT_SIZE>>(TYPE, 6);
-pub(crate) const IOC_STATS: u32 = ioctl::_IOWR::<Bytes<STATS_SIZE>>(TYPE, 7);
+pub(crate) const IOC_FAULT: u32 = ioctl::_IOWR::<abi::shadowpt_fault>(TYPE, 3);
+pub(crate) const IOC_READ: u32 = ioctl::_IOWR::<abi::shadowpt_rw>(TYPE, 4);
+pub(crate) const IOC_WRITE: u32 = ioctl::_IOWR::<abi::shadowpt_rw>(TYPE, 5);
+pub(crate) const IOC_SNAPSHOT: u32 = ioctl::_IOW::<abi::shadowpt_snapshot>(TYPE, 6);
+pub(crate) const IOC_STATS: u32 = ioctl::_IOWR::<abi::shadowpt_stats>(TYPE, 7);
 
-/// Decodes a structure of `N` bytes read from user space.
-pub(crate) struct Decoder<const N: usize> {
-    bytes: [u8; N],
-    pos: usize,
+/// Reads a whole `T` from `reader`.
+///
+/// # Errors
+///
+/// `EFAULT` if the memory cannot be read.
+fn read<T: FromBytes + IntoBytes>(reader: &mut UserSliceReader) -> Result<T> {
+    let mut value = T::new_zeroed();
+    reader.read_slice(value.as_mut_bytes())?;
+    Ok(value)
 }
 
-impl<const N: usize> Decoder<N> {
-    /// Reads the structure and checks its `size` field.
-    ///
-    /// # Errors
-    ///
-    /// `EFAULT` if the memory cannot be read, `EINVAL` if `size` is not `N`.
-    pub(crate) fn read(reader: &mut UserSliceReader) -> Result<Self> {
-        let mut bytes = [0u8; N];
-        reader.read_slice(&mut bytes)?;
-        let mut dec = Self { bytes, pos: 0 };
-        if dec.u32() as usize != N {
-            return Err(EINVAL);
-        }
-        Ok(dec)
-    }
-
-    pub(crate) fn u32(&mut self) -> u32 {
-        let mut v = [0u8; 4];
-        v.copy_from_slice(&self.bytes[self.pos..self.pos + 4]);
-        self.pos += 4;
-        u32::from_ne_bytes(v)
-    }
-
-    pub(crate) fn u64(&mut self) -> u64 {
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&self.bytes[self.pos..self.pos + 8]);
-        self.pos += 8;
-        u64::from_ne_bytes(v)
-    }
-
-    /// Reads a `u64` that must fit in a `usize` (it always does on 64-bit).
-    pub(crate) fn usize(&mut self) -> Result<usize> {
-        usize::try_from(self.u64()).map_err(|_| EOVERFLOW)
+/// Checks a structure's `size` field against the structure the kernel knows.
+fn check_size(size: u32, want: usize) -> Result {
+    if size as usize == want {
+        Ok(())
+    } else {
+        Err(EINVAL)
     }
 }
 
-/// Encodes a structure of `N` bytes to be written back to user space.
-pub(crate) struct Encoder<const N: usize> {
-    pub(crate) bytes: [u8; N],
-    pos: usize,
+/// A `u64` of the ABI as a `usize` (it always fits on 64-bit).
+fn to_usize(v: u64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| EOVERFLOW)
 }
 
-impl<const N: usize> Encoder<N> {
-    pub(crate) fn new() -> Self {
-        Self {
-            bytes: [0u8; N],
-            pos: 0,
-        }
-    }
-
-    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
-        self.bytes[self.pos..self.pos + 4].copy_from_slice(&v.to_ne_bytes());
-        self.pos += 4;
-        self
-    }
-
-    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
-        self.bytes[self.pos..self.pos + 8].copy_from_slice(&v.to_ne_bytes());
-        self.pos += 8;
-        self
-    }
+/// Writes a whole `T` to user space at `arg`.
+///
+/// # Errors
+///
+/// `EFAULT` if the memory cannot be written.
+pub(crate) fn write<T: IntoBytes + Immutable>(arg: usize, value: &T) -> Result {
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .writer()
+        .write_slice(value.as_bytes())
 }
 
 /// `struct shadowpt_attach`.
@@ -131,20 +116,28 @@ pub(crate) struct Attach {
 
 impl Attach {
     pub(crate) fn read(reader: &mut UserSliceReader) -> Result<Self> {
-        let mut d = Decoder::<ATTACH_SIZE>::read(reader)?;
-        let mode = d.u32();
-        let start = d.usize()?;
-        let length = d.usize()?;
+        let a: abi::shadowpt_attach = read(reader)?;
+        check_size(a.size, ATTACH_SIZE)?;
         Ok(Self {
-            mode,
-            start,
-            length,
+            mode: a.mode,
+            start: to_usize(a.start)?,
+            length: to_usize(a.length)?,
         })
+    }
+
+    /// The reply: the request with its `id` filled in.
+    pub(crate) fn reply(&self, id: u64) -> impl IntoBytes + Immutable {
+        abi::shadowpt_attach {
+            size: ATTACH_SIZE as u32,
+            mode: self.mode,
+            start: self.start as u64,
+            length: self.length as u64,
+            id,
+        }
     }
 }
 
-/// `struct shadowpt_fault` and `struct shadowpt_snapshot` share this shape: flags, a page-aligned
-/// address and a count (bytes for FAULT, pages for SNAPSHOT), and for SNAPSHOT a buffer.
+/// `struct shadowpt_fault`.
 pub(crate) struct Fault {
     pub(crate) flags: u32,
     pub(crate) addr: usize,
@@ -153,12 +146,24 @@ pub(crate) struct Fault {
 
 impl Fault {
     pub(crate) fn read(reader: &mut UserSliceReader) -> Result<Self> {
-        let mut d = Decoder::<FAULT_SIZE>::read(reader)?;
+        let f: abi::shadowpt_fault = read(reader)?;
+        check_size(f.size, FAULT_SIZE)?;
         Ok(Self {
-            flags: d.u32(),
-            addr: d.usize()?,
-            length: d.usize()?,
+            flags: f.flags,
+            addr: to_usize(f.addr)?,
+            length: to_usize(f.length)?,
         })
+    }
+
+    /// The reply: the request with its `faults` filled in.
+    pub(crate) fn reply(&self, faults: u64) -> impl IntoBytes + Immutable {
+        abi::shadowpt_fault {
+            size: FAULT_SIZE as u32,
+            flags: self.flags,
+            addr: self.addr as u64,
+            length: self.length as u64,
+            faults,
+        }
     }
 }
 
@@ -172,13 +177,26 @@ pub(crate) struct Rw {
 
 impl Rw {
     pub(crate) fn read(reader: &mut UserSliceReader) -> Result<Self> {
-        let mut d = Decoder::<RW_SIZE>::read(reader)?;
+        let r: abi::shadowpt_rw = read(reader)?;
+        check_size(r.size, RW_SIZE)?;
         Ok(Self {
-            flags: d.u32(),
-            addr: d.usize()?,
-            length: d.usize()?,
-            buf: d.usize()?,
+            flags: r.flags,
+            addr: to_usize(r.addr)?,
+            length: to_usize(r.length)?,
+            buf: to_usize(r.buf)?,
         })
+    }
+
+    /// The reply: the request with its `faults` filled in.
+    pub(crate) fn reply(&self, faults: u64) -> impl IntoBytes + Immutable {
+        abi::shadowpt_rw {
+            size: RW_SIZE as u32,
+            flags: self.flags,
+            addr: self.addr as u64,
+            length: self.length as u64,
+            buf: self.buf as u64,
+            faults,
+        }
     }
 }
 
@@ -192,12 +210,13 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn read(reader: &mut UserSliceReader) -> Result<Self> {
-        let mut d = Decoder::<SNAPSHOT_SIZE>::read(reader)?;
+        let s: abi::shadowpt_snapshot = read(reader)?;
+        check_size(s.size, SNAPSHOT_SIZE)?;
         Ok(Self {
-            flags: d.u32(),
-            addr: d.usize()?,
-            npages: d.usize()?,
-            buf: d.usize()?,
+            flags: s.flags,
+            addr: to_usize(s.addr)?,
+            npages: to_usize(s.npages)?,
+            buf: to_usize(s.buf)?,
         })
     }
 }

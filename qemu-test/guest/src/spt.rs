@@ -7,85 +7,33 @@ use std::os::fd::AsRawFd;
 
 use crate::util::DEV;
 
-pub const MODE_CHANGE_PTE: u32 = 0;
-pub const MODE_ZAP: u32 = 1;
-pub const ACCESS_WRITE: u32 = 1;
-
-pub const PAGE_PRESENT: u8 = 1 << 0;
-pub const PAGE_WRITABLE: u8 = 1 << 1;
-pub const PAGE_ACCESSED: u8 = 1 << 2;
-pub const PAGE_DIRTY: u8 = 1 << 3;
-pub const PAGE_PRIMARY: u8 = 1 << 4;
-pub const PAGE_PFN_MATCH: u8 = 1 << 5;
-pub const PAGE_ZERO: u8 = 1 << 6;
-
-pub const MAX_ATTACH: u64 = 1 << 36;
-pub const MAX_IO: u64 = 1 << 30;
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub struct Attach {
-    pub size: u32,
-    pub mode: u32,
-    pub start: u64,
-    pub length: u64,
-    pub id: u64,
+/// The ABI's structures and constants, generated from the C header by `build.rs`.
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code)]
+mod abi {
+    include!(concat!(env!("OUT_DIR"), "/shadowpt.rs"));
 }
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub struct Fault {
-    pub size: u32,
-    pub flags: u32,
-    pub addr: u64,
-    pub length: u64,
-    pub faults: u64,
-}
+pub const MODE_CHANGE_PTE: u32 = abi::SHADOWPT_MODE_CHANGE_PTE;
+pub const MODE_ZAP: u32 = abi::SHADOWPT_MODE_ZAP;
+pub const ACCESS_WRITE: u32 = abi::SHADOWPT_ACCESS_WRITE;
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub struct Rw {
-    pub size: u32,
-    pub flags: u32,
-    pub addr: u64,
-    pub length: u64,
-    pub buf: u64,
-    pub faults: u64,
-}
+pub const PAGE_PRESENT: u8 = abi::SHADOWPT_PAGE_PRESENT as u8;
+pub const PAGE_WRITABLE: u8 = abi::SHADOWPT_PAGE_WRITABLE as u8;
+pub const PAGE_ACCESSED: u8 = abi::SHADOWPT_PAGE_ACCESSED as u8;
+pub const PAGE_DIRTY: u8 = abi::SHADOWPT_PAGE_DIRTY as u8;
+pub const PAGE_PRIMARY: u8 = abi::SHADOWPT_PAGE_PRIMARY as u8;
+pub const PAGE_PFN_MATCH: u8 = abi::SHADOWPT_PAGE_PFN_MATCH as u8;
+pub const PAGE_ZERO: u8 = abi::SHADOWPT_PAGE_ZERO as u8;
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub struct Snapshot {
-    pub size: u32,
-    pub flags: u32,
-    pub addr: u64,
-    pub npages: u64,
-    pub buf: u64,
-}
+pub const MAX_ATTACH: u64 = abi::SHADOWPT_MAX_ATTACH as u64;
+pub const MAX_IO: u64 = abi::SHADOWPT_MAX_IO as u64;
 
+pub type Attach = abi::shadowpt_attach;
+pub type Fault = abi::shadowpt_fault;
+pub type Rw = abi::shadowpt_rw;
+pub type Snapshot = abi::shadowpt_snapshot;
 /// `struct shadowpt_stats`; field order is the ABI's and the debugfs file names'.
-#[repr(C)]
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stats {
-    pub size: u32,
-    pub mode: u32,
-    pub faults: u64,
-    pub fault_retries: u64,
-    pub invalidate_start: u64,
-    pub invalidate_end: u64,
-    pub zapped: u64,
-    pub change_pte: u64,
-    pub change_pte_updated: u64,
-    pub change_pte_absent: u64,
-    pub change_pte_illegal: u64,
-    pub releases: u64,
-    pub young: u64,
-    pub present: u64,
-    pub table_pages: u64,
-    pub invalidate_ns: u64,
-    pub change_pte_ns: u64,
-    pub invalidate_nonblock: u64,
-}
+pub type Stats = abi::shadowpt_stats;
 
 /// Counter names in ABI order, as debugfs names its files.
 pub const COUNTERS: [&str; 16] = [
@@ -131,7 +79,7 @@ impl Stats {
 }
 
 /// `SHADOWPT_IOCTL_TYPE`.
-pub const IOC_TYPE: u64 = 0xb9;
+pub const IOC_TYPE: u64 = abi::SHADOWPT_IOCTL_TYPE as u64;
 
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (IOC_TYPE << 8) | nr
