@@ -233,8 +233,9 @@ impl Mirror {
     /// writable if `write`. Returns whether an entry was created or upgraded.
     ///
     /// Must be called by a task of the mirrored address space. May sleep. `faults` counts the
-    /// calls that return `Ok(true)`: secondary faults resolved, by this path or by the notifier
-    /// (our own write breaking copy-on-write makes `change_pte` upgrade the entry).
+    /// calls that return `Ok(true)`: entries this call installed. (`change_pte` never makes an
+    /// entry writable, so a write fault always installs its own entry, even when the write broke
+    /// copy-on-write and `change_pte` moved the old entry to the new page.)
     ///
     /// # Errors
     ///
@@ -279,12 +280,10 @@ impl Mirror {
                 if inner.dead {
                     return Err(ENXIO);
                 }
-                // The invalidation may have resolved the fault itself: `change_pte` makes an
-                // entry writable when our own write breaks copy-on-write.
+                // Another thread's fault may have installed the entry meanwhile (a read is
+                // also satisfied by an entry that `change_pte` moved): nothing left to do here.
                 if satisfied(inner.table.lookup(addr)) {
-                    drop(inner);
-                    self.stats.inc(Counter::faults);
-                    return Ok(true);
+                    return Ok(false);
                 }
                 seq = inner.seq;
                 continue;

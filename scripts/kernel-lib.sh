@@ -26,6 +26,18 @@ kernel_make() {
 		${SHADOWPT_LLVM:+LLVM="$SHADOWPT_LLVM"} "${@:2}"
 }
 
+# copy_module_sources DEST: the sources of shadowpt.ko (Kbuild, rust/, include/)
+# into DEST, for a build that must leave the tree's own objects alone (the
+# broken variants, clippy, the KASAN variant). Needs $top.
+copy_module_sources() {
+	mkdir -p "$1" && cp -r "$top/Kbuild" "$top/rust" "$top/include" "$1/"
+}
+
+# copy_test_module_sources DEST: the sources of qemu-test/modules/ into DEST.
+copy_test_module_sources() {
+	mkdir -p "$1" && cp "$top"/qemu-test/modules/{Kbuild,*.c,*.rs} "$1/"
+}
+
 # kernel_unpack SRC DEST: copy a source tree or unpack a tarball into DEST
 # (which must not exist), check it is 7.3.y, and commit it as the pristine
 # source of a new git repository. Prints the kernel version.
