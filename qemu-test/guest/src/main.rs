@@ -94,6 +94,10 @@ const TESTS: &[Test] = &[
         name: "gup_without_mm",
         run: lifecycle::gup_without_mm,
     },
+    Test {
+        name: "sample_mmu_notifier",
+        run: lifecycle::sample_mmu_notifier,
+    },
     // Harness self-test (qemu-test/selftest): must make the run fail.
     Test {
         name: "harness_fail",
