@@ -8,6 +8,7 @@
 #   make bench        benchmarks -> Documentation/benchmarks.md (long: BENCH_MAX=65536 is shorter)
 #   make stress       30-minute coherence stress run (STRESS_SECS=, SEED=)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
+#   make KDIR=... modules_install   install it there (INSTALL_MOD_PATH= for a staging root)
 #   make check-series every prefix of patches/ applies and builds (slow)
 #   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
 #   make check-kasan  the guest suite and a stress run on a KASAN kernel (slow)
@@ -36,13 +37,13 @@ OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
+.PHONY: all modules modules_install test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
 	check-kasan clean help
 
 all: modules
 
 help:
-	@sed -n '3,14p' Makefile
+	@sed -n '3,15p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -101,6 +102,11 @@ compare-hmm: setup
 # The guest suite and KASAN_STRESS_SECS (120) of stress on a KASAN (clang) kernel.
 check-kasan: guest
 	@$(SCRIPTS)/check-kasan
+
+# Installs shadowpt.ko into KDIR's module directory (INSTALL_MOD_PATH=... for a staging root):
+# for a kernel of your own (KDIR=...); the test kernel's modules go into the initramfs instead.
+modules_install: modules
+	@$(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) modules_install
 
 clean:
 	@if [ -d "$(KDIR)" ]; then $(CACHE_ENV); $(MAKE) -s -C $(KDIR) M=$(TOP) $(KMAKE_VARS) clean; fi
