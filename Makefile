@@ -66,7 +66,7 @@ test-modules: kernel
 # build.rs generates the ABI from include/uapi with the project's bindgen (env.sh).
 guest: setup
 	@$(CACHE_ENV); cd $(QT)/guest && RUSTFLAGS="-C target-feature=+crt-static" \
-		cargo build --quiet --release --locked --target x86_64-unknown-linux-gnu \
+		RUSTC=$${SHADOWPT_RUSTC} $${SHADOWPT_CARGO} build --quiet --release --locked --target x86_64-unknown-linux-gnu \
 		--target-dir $(OUT)/guest-target
 
 initramfs: modules test-modules guest

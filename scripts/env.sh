@@ -6,6 +6,10 @@
 : "${SHADOWPT_RUSTC:=/usr/bin/rustc}"
 : "${SHADOWPT_RUSTDOC:=/usr/bin/rustdoc}"
 : "${SHADOWPT_RUST_SRC:=/usr/lib/rustlib/src/rust}"
+# Debian's cargo and rustfmt of the same release (cargo-web, rustfmt-web): the guest test programs
+# and bindgen-cli are built with them, the module is formatted with them; no rustup needed.
+: "${SHADOWPT_CARGO:=/usr/bin/cargo}"
+: "${SHADOWPT_RUSTFMT:=/usr/bin/rustfmt}"
 : "${LIBCLANG_PATH:=/usr/lib/llvm-19/lib}"
 BINDGEN_VERSION=0.72.1
 : "${SHADOWPT_BINDGEN:=$SHADOWPT_CACHE/tools/bin/bindgen}"
@@ -18,4 +22,5 @@ else
 	SHADOWPT_LLVM=
 fi
 export SHADOWPT_CACHE SHADOWPT_RUSTC SHADOWPT_RUSTDOC SHADOWPT_RUST_SRC LIBCLANG_PATH SHADOWPT_BINDGEN
+export SHADOWPT_CARGO SHADOWPT_RUSTFMT
 export SHADOWPT_SANITIZE SHADOWPT_LLVM
