@@ -1062,6 +1062,28 @@ fn matrix(full: bool, mainline: bool) -> Result<(), String> {
             .map_err(|e| format!("{COMPACTION_PROACTIVENESS}=0: {e}"))?;
     }
     let t0 = Instant::now();
+    if !mainline && !Path::new(PARAM_CHANGE_PTE).exists() {
+        // A KVM without the series' KVM patches: say so, and show what it does where change_pte
+        // mode expects no fault (one case, its fault counts only: it has no change_pte stats).
+        load_kvm(true)?;
+        println!(
+            "kvm_ksm: {PARAM_CHANGE_PTE} missing: checking change_pte=Y's fault counts anyway"
+        );
+        let mode = Mode {
+            mmu: "tdp",
+            keep: true,
+            patched: false,
+        };
+        let r = case(mode, Kind::Identical, 256);
+        return Err(format!(
+            "{PARAM_CHANGE_PTE} missing: this KVM lacks the series' change_pte patches \
+             (`kvm_ksm mainline` tests mainline KVM's behaviour); {}",
+            match r {
+                Ok(()) => "yet it kept its SPTEs as change_pte=Y expects".to_string(),
+                Err(e) => e,
+            }
+        ));
+    }
     for (mmu, tdp) in [("tdp", true), ("shadow", false)] {
         load_kvm(tdp)?;
         let modes: &[bool] = if mainline { &[false] } else { &[true, false] };
