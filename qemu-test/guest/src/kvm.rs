@@ -18,7 +18,8 @@
 //! Per MMU (TDP MMU, then the shadow/rmap MMU with `kvm.tdp_mmu=0`) and per mode
 //! (`kvm.change_pte` Y: SPTEs updated in place; N: mainline's zap), for each N:
 //!
-//! 1. first touch: a read pass faults every page in (one NPT fault per page, `pf_taken`);
+//! 1. first touch: a read pass faults every page in (`pf_taken`: one NPT fault per page with the
+//!    TDP MMU, one per 8 pages with the shadow MMU, which prefetches neighbouring SPTEs);
 //! 2. re-read: no fault;
 //! 3. KSM merges the N + 1 pages into one KSM page, then a re-read;
 //! 4. host-side copy-on-write: the VMM writes a distinct word into every page, then a re-read that
@@ -352,7 +353,8 @@ fn set_change_pte(keep: bool) -> Result<(), String> {
     })
 }
 
-/// The KSM knobs this test changes, and a vm knob: saved first, restored at the end.
+/// The KSM knobs this test changes (with vm.compaction_proactiveness): saved first, restored at
+/// the end.
 const KSM_KNOBS: [&str; 6] = [
     "sleep_millisecs",
     "pages_to_scan",
@@ -529,14 +531,16 @@ impl Region {
 // ---------------------------------------------------------------------------------------------
 // The VM.
 
-struct Vm {
-    // Fds before mappings: the VM is gone before its memory is unmapped.
+struct Vm<'a> {
+    // Fds before slot 0's mapping: the VM is gone before its memory is unmapped (slot 1's is
+    // borrowed, so it outlives the VM).
     vcpu: VcpuFd,
     vm_stats: StatsFd,
     vcpu_stats: StatsFd,
     vm: VmFd,
     _kvm: Kvm,
     slot0: Mapping,
+    region: &'a Region,
     n: usize,
     /// Whether the series' stats are required (not in `mainline` runs).
     patched: bool,
@@ -560,10 +564,10 @@ fn segment(selector: u16, type_: u8) -> kvm_segment {
     }
 }
 
-impl Vm {
+impl<'a> Vm<'a> {
     /// A VM with slot 0 (code, results) and slot 1 = `region`'s guest pages, its vCPU at the L2's
     /// entry in flat 32-bit protected mode.
-    fn new(region: &Region, patched: bool) -> Result<Self, String> {
+    fn new(region: &'a Region, patched: bool) -> Result<Self, String> {
         let n = region.n;
         check((1..=MAX_PAGES).contains(&n), || {
             format!("N={n} outside 1..={MAX_PAGES}")
@@ -591,8 +595,9 @@ impl Vm {
                 memory_size: size as u64,
                 userspace_addr: addr as u64,
             };
-            // SAFETY: Both mappings outlive the VM (dropped after it, see the field order), and
-            // the guest may write anything into them.
+            // SAFETY: Both mappings outlive the VM (slot 0's is dropped after the fds, see the
+            // field order; slot 1's is borrowed for the VM's lifetime), and nothing in this
+            // process keeps data there that the guest could corrupt.
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION slot {slot}: {e}"))?;
         }
@@ -635,6 +640,7 @@ impl Vm {
             vm,
             _kvm: kvm,
             slot0,
+            region,
             n,
             patched,
         };
@@ -720,12 +726,12 @@ impl Vm {
     }
 
     /// A write pass: the L2 stores WRITE_BASE + i into page i; checked from the host side.
-    fn write_pass(&mut self, what: &str, region: &Region) -> Result<Delta, String> {
+    fn write_pass(&mut self, what: &str) -> Result<Delta, String> {
         let before = self.counts()?;
         self.command(CMD_WRITE, WRITE_BASE)?;
         let d = self.counts()?.since(&before);
         for i in 0..self.n {
-            let (g, w) = (region.word(i), WRITE_BASE + i as u32);
+            let (g, w) = (self.region.word(i), WRITE_BASE + i as u32);
             check(g == w, || {
                 format!("{what}: the host reads {g:#x} in page {i}, the L2 wrote {w:#x}")
             })?;
@@ -922,8 +928,9 @@ fn case(mode: Mode, kind: Kind, n: usize) -> Result<(), String> {
     // then replaced by the KSM page: two change_pte. 2n - 1 SPTE updates, every SPTE present.
     // One KSM page (max_page_sharing is n + 3) shared by n + 1 mappings: pages_sharing n.
     //
-    // Zero pages: every page (the partner too) is write-protected, then replaced by the zero
-    // page, which is no KSM page: 2n updates, ksm_zero_pages n + 1, pages_shared/sharing 0.
+    // Zero pages: every page is write-protected, then replaced by the zero page, which is no
+    // KSM page: 2n updates (the partner has no SPTE), ksm_zero_pages n + 1 (the partner too),
+    // pages_shared and pages_sharing 0.
     let before = vm.counts()?;
     let (scans, merge_time) = if kind == Kind::Zero {
         merge(&w("merge"), || {
@@ -1007,7 +1014,7 @@ fn case(mode: Mode, kind: Kind, n: usize) -> Result<(), String> {
     // fault each makes them writable. Without, the COW re-read has just mapped the copies, which
     // the host maps writable, writable already (KVM maps a read fault writable when GUP-fast
     // with FOLL_WRITE succeeds): no fault.
-    let write = vm.write_pass(&w("L2 write"), &region)?;
+    let write = vm.write_pass(&w("L2 write"))?;
     vm.expect(&w("L2 write"), &write, if keep { n64 } else { 0 }, 0, 0)?;
     vm.cross_check()?;
     vm.quit()?;
