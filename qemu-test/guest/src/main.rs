@@ -11,6 +11,7 @@ mod dirty;
 mod fuzz;
 mod ksm;
 mod ksmproof;
+mod kvm;
 mod lifecycle;
 mod mem;
 mod mirror;
@@ -63,6 +64,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "ksm_proof",
         run: ksmproof::proof,
+    },
+    Test {
+        name: "kvm_ksm",
+        run: kvm::kvm_ksm,
     },
     Test {
         name: "races",
