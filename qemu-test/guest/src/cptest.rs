@@ -8,6 +8,7 @@
 //! call must find nothing to update: that is the dead code upstream removed.
 
 use crate::ksm;
+use crate::ktap;
 use crate::mem::Mapping;
 use crate::util::*;
 use std::collections::HashMap;
@@ -404,10 +405,12 @@ fn zero_page_scenario() -> Result<(), String> {
 
 pub fn change_pte_reachable(_: &[String]) -> Result<(), String> {
     sh("insmod", &["/lib/modules/spt_cptest.ko"])?;
-    let r = scenario("keep")
-        .and_then(|_| scenario("zap"))
-        .and_then(|_| zero_page_scenario());
+    ktap::start(Some(3));
+    ktap::stop_at_failure();
+    ktap::case("flag honoured (keep)", || scenario("keep"));
+    ktap::case("flag ignored (zap)", || scenario("zap"));
+    ktap::case("zero pages", zero_page_scenario);
     let _ = control("detach");
     sh("rmmod", &["spt_cptest"])?;
-    r
+    ktap::finish()
 }

@@ -20,6 +20,7 @@
 //! modes.
 
 use crate::ksm;
+use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::spt::*;
 use crate::util::*;
@@ -459,18 +460,12 @@ pub fn dirty(_: &[String]) -> Result<(), String> {
         ("ksm_merge_cow", ksm_merge_cow),
         ("fork_cow", fork_cow),
     ];
-    let mut failures = Vec::new();
+    // A KTAP case per case and mode; a failure does not stop the others.
+    ktap::start(Some(cases.len() * MODES.len()));
     for (name, f) in cases {
         for mode in MODES {
-            if let Err(e) = f(mode) {
-                println!("  {name} [{}]: FAILED: {e}", mode.1);
-                failures.push(e);
-            }
+            ktap::case(&format!("{name} [{}]", mode.1), || f(mode));
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    ktap::finish()
 }

@@ -16,6 +16,7 @@
 //! pages again. In `zap` mode every call finds nothing: N zapped, N faults to read them again.
 
 use crate::ksm;
+use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::spt::*;
 use crate::util::*;
@@ -451,28 +452,42 @@ pub fn proof(args: &[String]) -> Result<(), String> {
             .collect::<Result<_, _>>()?
     };
     let mut rows = Vec::new();
+    // A KTAP case per experiment, size and mode; after a failure the rest are not run (KSM's
+    // state may be left behind).
+    ktap::start(Some(2 * sizes.len() + if args.is_empty() { 6 } else { 0 }));
+    ktap::stop_at_failure();
+    let modes = [(MODE_CHANGE_PTE, "change_pte"), (MODE_ZAP, "zap")];
     if args.is_empty() {
-        for mode in [MODE_CHANGE_PTE, MODE_ZAP] {
-            zero_pages(256, mode, &mut rows)?;
+        for (mode, m) in modes {
+            ktap::case(&format!("zero pages {m} N=256"), || {
+                zero_pages(256, mode, &mut rows)
+            });
         }
     }
     for &n in &sizes {
-        for mode in [MODE_CHANGE_PTE, MODE_ZAP] {
+        for (mode, m) in modes {
             // One KSM page for all: max_page_sharing above N.
-            merge_and_break(n, mode, (n as u64 + 2).max(2), &mut rows)?;
+            ktap::case(&format!("merge and break {m} N={n}"), || {
+                merge_and_break(n, mode, (n as u64 + 2).max(2), &mut rows)
+            });
         }
     }
     if args.is_empty() {
         // Above max_page_sharing (256): KSM spreads the pages over several KSM pages.
-        for mode in [MODE_CHANGE_PTE, MODE_ZAP] {
-            merge_and_break(600, mode, 256, &mut rows)?;
+        for (mode, m) in modes {
+            ktap::case(
+                &format!("merge and break {m} N=600 max_page_sharing=256"),
+                || merge_and_break(600, mode, 256, &mut rows),
+            );
         }
-        for mode in [MODE_CHANGE_PTE, MODE_ZAP] {
-            secondary_write(256, mode, &mut rows)?;
+        for (mode, m) in modes {
+            ktap::case(&format!("secondary write {m} N=256"), || {
+                secondary_write(256, mode, &mut rows)
+            });
         }
     }
     print_rows(&rows);
-    Ok(())
+    ktap::finish()
 }
 
 /// The demo's scenario: N pages merged then written, both modes, a short table.

@@ -35,6 +35,7 @@
 //! patches, where the default run fails (saying so).
 
 use crate::ksm;
+use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::util::*;
 use kvm_bindings::{
@@ -854,6 +855,16 @@ fn merge(
     Ok((scans, t0.elapsed()))
 }
 
+/// A case's name, e.g. "tdp change_pte=Y zero pages N=256".
+fn case_name(mode: Mode, kind: Kind, n: usize) -> String {
+    match kind {
+        Kind::Identical => format!("{} N={n}", mode.name()),
+        Kind::Zero => format!("{} zero pages N={n}", mode.name()),
+        Kind::Thp => format!("{} THP N={n}", mode.name()),
+    }
+}
+
+/// Steps 1-5 for `n` pages of `kind`.
 /// What one case measured: NPT faults per step and KVM's change_pte stats.
 struct Row {
     first: u64,
@@ -863,14 +874,9 @@ struct Row {
     updated: Option<u64>,
 }
 
-/// Steps 1-5 for `n` pages of `kind`.
 fn case(mode: Mode, kind: Kind, n: usize) -> Result<Row, String> {
     let t0 = Instant::now();
-    let name = match kind {
-        Kind::Identical => format!("{} N={n}", mode.name()),
-        Kind::Zero => format!("{} zero pages N={n}", mode.name()),
-        Kind::Thp => format!("{} THP N={n}", mode.name()),
-    };
+    let name = case_name(mode, kind, n);
     let w = |s: &str| format!("{name} {s}");
     let keep = mode.keep;
     let n64 = n as u64;
@@ -1149,11 +1155,17 @@ fn matrix(full: bool, mainline: bool) -> Result<(), String> {
             }
         ));
     }
+    // A KTAP case per MMU, mode, kind and N; after a failure the rest are not run (KSM's and
+    // KVM's state may be left behind).
+    let modes: &[bool] = if mainline { &[false] } else { &[true, false] };
+    let extra = |keep: bool| keep || full || mainline;
+    let per_mmu: usize = modes.iter().map(|&k| 3 + 2 * usize::from(extra(k))).sum();
+    ktap::start(Some(2 * per_mmu));
+    ktap::stop_at_failure();
     for (mmu, tdp) in [("tdp", true), ("shadow", false)] {
-        if !tdp {
+        if !tdp && !ktap::failed() {
             load_kvm(tdp)?;
         }
-        let modes: &[bool] = if mainline { &[false] } else { &[true, false] };
         for &keep in modes {
             let mode = Mode {
                 mmu,
@@ -1161,15 +1173,21 @@ fn matrix(full: bool, mainline: bool) -> Result<(), String> {
                 patched: !mainline,
             };
             for n in [1, 256, 4096] {
-                case(mode, Kind::Identical, n)?;
+                ktap::case(&case_name(mode, Kind::Identical, n), || {
+                    case(mode, Kind::Identical, n).map(|_| ())
+                });
             }
             // Zero pages and THP: change_pte=Y (the full matrix and `mainline` in N mode too).
-            if keep || full || mainline {
-                case(mode, Kind::Zero, 256)?;
-                case(mode, Kind::Thp, HUGE / PAGE)?;
+            if extra(keep) {
+                ktap::case(&case_name(mode, Kind::Zero, 256), || {
+                    case(mode, Kind::Zero, 256).map(|_| ())
+                });
+                ktap::case(&case_name(mode, Kind::Thp, HUGE / PAGE), || {
+                    case(mode, Kind::Thp, HUGE / PAGE).map(|_| ())
+                });
             }
         }
     }
     println!("kvm_ksm: {:.1?} in all", t0.elapsed());
-    Ok(())
+    ktap::finish()
 }

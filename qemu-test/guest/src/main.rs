@@ -4,6 +4,7 @@
 //!
 //! One static binary; each test is a symlink `/tests/<name>` to it (dispatch on argv[0]), or
 //! `sptest <name>`. A test prints what it checks and exits 0 on success, non-zero on failure.
+//! A test with cases also prints them as KTAP (`ktap`); a failing case fails the test.
 
 mod bench;
 mod cptest;
@@ -11,6 +12,7 @@ mod dirty;
 mod fuzz;
 mod ksm;
 mod ksmproof;
+mod ktap;
 mod kvm;
 mod lifecycle;
 mod mem;
@@ -137,7 +139,7 @@ fn main() {
         eprintln!("sptest: no test named {name}");
         exit(2);
     };
-    match (test.run)(rest) {
+    match ktap::verdict((test.run)(rest)) {
         Ok(()) => {
             println!("{name}: ok");
         }

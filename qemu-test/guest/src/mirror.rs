@@ -3,6 +3,7 @@
 //! shadowpt's secondary MMU: data through the table, coherence after every kind of change of the
 //! primary mapping, ABI errors, and lifecycle. Counters are asserted exactly.
 
+use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::spt::*;
 use crate::util::*;
@@ -79,86 +80,92 @@ pub fn data(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
     const N: usize = 64;
     let (fd, path) = tmpfs_file(N)?;
+    // A KTAP case per kind of memory, and the zero page.
+    ktap::start(Some(4));
+    ktap::stop_at_failure();
     let kinds: [(&str, libc::c_int, libc::c_int); 3] = [
         ("anon-private", libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
         ("anon-shared", libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
         ("tmpfs-shared", libc::MAP_SHARED, fd),
     ];
     for (g, (kind, flags, fd)) in kinds.into_iter().enumerate() {
-        let m = Mapping::map(N, flags, fd)?;
-        fill(&m, g as u8);
-        let s = Spt::open()?;
-        s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
-        let snap = s.snapshot(m.addr, N)?;
-        check(snap.iter().all(|&x| x == PAGE_PRIMARY), || {
-            format!(
-                "{kind}: fresh attachment snapshot not all 'primary only': {:x?}",
-                &snap[..8]
-            )
-        })?;
-        let faults = verify_data(&s, &m, kind)?;
-        eq_or(
-            &format!("{kind}: faults reading {N} absent pages"),
-            faults,
-            N as u64,
-        )?;
-        eq_or(
-            &format!("{kind}: faults re-reading"),
-            verify_data(&s, &m, kind)?,
-            0,
-        )?;
-        let st = s.stats()?;
-        eq_or(&format!("{kind}: stats.faults"), st.faults, N as u64)?;
-        eq_or(&format!("{kind}: stats.present"), st.present, N as u64)?;
-        // The root plus one table per distinct 512 GiB, 1 GiB and 2 MiB region touched.
-        let span = |shift: u32| ((m.addr + m.len - 1) >> shift) - (m.addr >> shift) + 1;
-        let tables = 1 + span(39) + span(30) + span(21);
-        eq_or(
-            &format!("{kind}: stats.table_pages"),
-            st.table_pages,
-            tables as u64,
-        )?;
-        let snap = s.snapshot(m.addr, N)?;
-        let want = PAGE_PRESENT | PAGE_PRIMARY | PAGE_PFN_MATCH | PAGE_ACCESSED;
-        check(snap.iter().all(|&x| x == want), || {
-            format!(
-                "{kind}: snapshot after reads: {:x?}, expected all {want:#x}",
-                &snap[..8]
-            )
-        })?;
-        // A write straddling pages 2 and 3: both read-only entries are upgraded.
-        let off = 3 * PAGE - 5;
-        let msg = b"through-the-table";
-        eq_or(
-            &format!("{kind}: faults of a straddling write"),
-            s.write(m.addr + off, msg)?,
-            2,
-        )?;
-        check(m.bytes(off, msg.len()) == msg, || {
-            format!("{kind}: the process does not see the table's write")
-        })?;
-        let (back, f) = s.read(m.addr + off, msg.len())?;
-        check(back == msg && f == 0, || {
-            format!("{kind}: unaligned read back {back:?}, {f} faults")
-        })?;
-        let snap = s.snapshot(m.addr, N)?;
-        for i in [2, 3] {
-            let want = PAGE_PRESENT
-                | PAGE_PRIMARY
-                | PAGE_PFN_MATCH
-                | PAGE_ACCESSED
-                | PAGE_WRITABLE
-                | PAGE_DIRTY;
-            check(snap[i] == want, || {
+        ktap::case(kind, || {
+            let m = Mapping::map(N, flags, fd)?;
+            fill(&m, g as u8);
+            let s = Spt::open()?;
+            s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
+            let snap = s.snapshot(m.addr, N)?;
+            check(snap.iter().all(|&x| x == PAGE_PRIMARY), || {
                 format!(
-                    "{kind}: page {i} after write: {:#x}, expected {want:#x}",
-                    snap[i]
+                    "{kind}: fresh attachment snapshot not all 'primary only': {:x?}",
+                    &snap[..8]
                 )
             })?;
-        }
-        let d = debugfs_counter(&s.attach_id_dir()?, "faults")?;
-        eq_or(&format!("{kind}: debugfs faults"), d, N as u64 + 2)?;
-        println!("{kind}: {N} pages read through the table with {N} faults, re-read with 0, straddling write upgraded 2 entries; data exact");
+            let faults = verify_data(&s, &m, kind)?;
+            eq_or(
+                &format!("{kind}: faults reading {N} absent pages"),
+                faults,
+                N as u64,
+            )?;
+            eq_or(
+                &format!("{kind}: faults re-reading"),
+                verify_data(&s, &m, kind)?,
+                0,
+            )?;
+            let st = s.stats()?;
+            eq_or(&format!("{kind}: stats.faults"), st.faults, N as u64)?;
+            eq_or(&format!("{kind}: stats.present"), st.present, N as u64)?;
+            // The root plus one table per distinct 512 GiB, 1 GiB and 2 MiB region touched.
+            let span = |shift: u32| ((m.addr + m.len - 1) >> shift) - (m.addr >> shift) + 1;
+            let tables = 1 + span(39) + span(30) + span(21);
+            eq_or(
+                &format!("{kind}: stats.table_pages"),
+                st.table_pages,
+                tables as u64,
+            )?;
+            let snap = s.snapshot(m.addr, N)?;
+            let want = PAGE_PRESENT | PAGE_PRIMARY | PAGE_PFN_MATCH | PAGE_ACCESSED;
+            check(snap.iter().all(|&x| x == want), || {
+                format!(
+                    "{kind}: snapshot after reads: {:x?}, expected all {want:#x}",
+                    &snap[..8]
+                )
+            })?;
+            // A write straddling pages 2 and 3: both read-only entries are upgraded.
+            let off = 3 * PAGE - 5;
+            let msg = b"through-the-table";
+            eq_or(
+                &format!("{kind}: faults of a straddling write"),
+                s.write(m.addr + off, msg)?,
+                2,
+            )?;
+            check(m.bytes(off, msg.len()) == msg, || {
+                format!("{kind}: the process does not see the table's write")
+            })?;
+            let (back, f) = s.read(m.addr + off, msg.len())?;
+            check(back == msg && f == 0, || {
+                format!("{kind}: unaligned read back {back:?}, {f} faults")
+            })?;
+            let snap = s.snapshot(m.addr, N)?;
+            for i in [2, 3] {
+                let want = PAGE_PRESENT
+                    | PAGE_PRIMARY
+                    | PAGE_PFN_MATCH
+                    | PAGE_ACCESSED
+                    | PAGE_WRITABLE
+                    | PAGE_DIRTY;
+                check(snap[i] == want, || {
+                    format!(
+                        "{kind}: page {i} after write: {:#x}, expected {want:#x}",
+                        snap[i]
+                    )
+                })?;
+            }
+            let d = debugfs_counter(&s.attach_id_dir()?, "faults")?;
+            eq_or(&format!("{kind}: debugfs faults"), d, N as u64 + 2)?;
+            println!("{kind}: {N} pages read through the table with {N} faults, re-read with 0, straddling write upgraded 2 entries; data exact");
+            Ok(())
+        });
     }
     // SAFETY: Closing the file descriptor we opened.
     unsafe { libc::close(fd) };
@@ -166,37 +173,41 @@ pub fn data(_: &[String]) -> Result<(), String> {
 
     // Untouched anonymous memory: reads map the zero page; a write through the table breaks
     // copy-on-write from it, which change_pte turns into an in-place update of our entry.
-    let m = Mapping::anon(8)?;
-    let s = Spt::open()?;
-    s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
-    let (z, f) = s.read(m.addr, m.len)?;
-    check(z.iter().all(|&b| b == 0) && f == 8, || {
-        format!("zero page read: {f} faults or data not zero")
-    })?;
-    let snap = s.snapshot(m.addr, 8)?;
-    check(
-        snap.iter()
-            .all(|&x| x & PAGE_ZERO != 0 && x & PAGE_PFN_MATCH != 0),
-        || format!("untouched pages not mapped to the zero page: {snap:x?}"),
-    )?;
-    let before = s.stats()?;
-    eq_or("write to zero page: faults", s.write(m.addr, b"x")?, 1)?;
-    let after = s.stats()?;
-    eq_or(
-        "write to zero page: change_pte_updated",
-        after.change_pte_updated - before.change_pte_updated,
-        1,
-    )?;
-    check(m.bytes(0, 1) == b"x", || {
-        "process does not see the write".into()
-    })?;
-    let snap = s.snapshot(m.addr, 1)?;
-    check(
-        snap[0] & (PAGE_ZERO | PAGE_WRITABLE | PAGE_PFN_MATCH) == PAGE_WRITABLE | PAGE_PFN_MATCH,
-        || format!("after COW from the zero page: state {:#x}", snap[0]),
-    )?;
-    println!("zero page: 8 reads mapped it, a write through the table broke COW and change_pte updated the entry in place");
-    Ok(())
+    ktap::case("zero page", || {
+        let m = Mapping::anon(8)?;
+        let s = Spt::open()?;
+        s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
+        let (z, f) = s.read(m.addr, m.len)?;
+        check(z.iter().all(|&b| b == 0) && f == 8, || {
+            format!("zero page read: {f} faults or data not zero")
+        })?;
+        let snap = s.snapshot(m.addr, 8)?;
+        check(
+            snap.iter()
+                .all(|&x| x & PAGE_ZERO != 0 && x & PAGE_PFN_MATCH != 0),
+            || format!("untouched pages not mapped to the zero page: {snap:x?}"),
+        )?;
+        let before = s.stats()?;
+        eq_or("write to zero page: faults", s.write(m.addr, b"x")?, 1)?;
+        let after = s.stats()?;
+        eq_or(
+            "write to zero page: change_pte_updated",
+            after.change_pte_updated - before.change_pte_updated,
+            1,
+        )?;
+        check(m.bytes(0, 1) == b"x", || {
+            "process does not see the write".into()
+        })?;
+        let snap = s.snapshot(m.addr, 1)?;
+        check(
+            snap[0] & (PAGE_ZERO | PAGE_WRITABLE | PAGE_PFN_MATCH)
+                == PAGE_WRITABLE | PAGE_PFN_MATCH,
+            || format!("after COW from the zero page: state {:#x}", snap[0]),
+        )?;
+        println!("zero page: 8 reads mapped it, a write through the table broke COW and change_pte updated the entry in place");
+        Ok(())
+    });
+    ktap::finish()
 }
 
 impl Spt {
@@ -402,26 +413,36 @@ fn m_page_pattern(i: usize, g: u8) -> Vec<u8> {
 
 pub fn coherence(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
-    coherence_mode(MODE_CHANGE_PTE, "change_pte mode")?;
-    coherence_mode(MODE_ZAP, "zap mode")
+    ktap::start(Some(2));
+    ktap::stop_at_failure();
+    ktap::case("change_pte mode", || {
+        coherence_mode(MODE_CHANGE_PTE, "change_pte mode")
+    });
+    ktap::case("zap mode", || coherence_mode(MODE_ZAP, "zap mode"));
+    ktap::finish()
 }
 
 static BAD_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn expect(what: &str, got: Result<impl std::fmt::Debug, Errno>, want: Errno) -> Result<(), String> {
+/// One bad call, a KTAP case: it must fail with `want`. A wrong result fails the case and the
+/// test, not the calls after it (each is independent of the others).
+fn expect(what: &str, got: Result<impl std::fmt::Debug, Errno>, want: Errno) {
     BAD_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match got {
-        Err(e) if e == want => Ok(()),
-        Err(e) => Err(format!(
-            "{what}: {} (expected {})",
-            errname(e),
-            errname(want)
-        )),
-        Ok(v) => Err(format!(
-            "{what}: succeeded with {v:?} (expected {})",
-            errname(want)
-        )),
-    }
+    ktap::result(
+        what,
+        match got {
+            Err(e) if e == want => Ok(()),
+            Err(e) => Err(format!(
+                "{what}: {} (expected {})",
+                errname(e),
+                errname(want)
+            )),
+            Ok(v) => Err(format!(
+                "{what}: succeeded with {v:?} (expected {})",
+                errname(want)
+            )),
+        },
+    );
 }
 
 /// Every kind of bad input gets its documented errno and changes nothing.
@@ -430,42 +451,44 @@ pub fn errors(_: &[String]) -> Result<(), String> {
     let m = Mapping::anon(16)?;
     fill(&m, 5);
     let s = Spt::open()?;
+    // One case per bad call and per check of what they left; the number is not kept here.
+    ktap::start(None);
     // Not attached.
     expect(
         "fault before attach",
         s.try_fault(m.addr, PAGE, false),
         libc::ENXIO,
-    )?;
-    expect("stats before attach", s.try_stats(), libc::ENXIO)?;
-    expect("detach before attach", s.detach(), libc::ENXIO)?;
+    );
+    expect("stats before attach", s.try_stats(), libc::ENXIO);
+    expect("detach before attach", s.detach(), libc::ENXIO);
     // ATTACH arguments.
-    expect("bad mode", s.try_attach(m.addr, m.len, 7), libc::EINVAL)?;
+    expect("bad mode", s.try_attach(m.addr, m.len, 7), libc::EINVAL);
     expect(
         "unaligned start",
         s.try_attach(m.addr + 1, m.len - PAGE, 0),
         libc::EINVAL,
-    )?;
+    );
     expect(
         "unaligned length",
         s.try_attach(m.addr, 100, 0),
         libc::EINVAL,
-    )?;
-    expect("zero length", s.try_attach(m.addr, 0, 0), libc::EINVAL)?;
+    );
+    expect("zero length", s.try_attach(m.addr, 0, 0), libc::EINVAL);
     expect(
         "overflowing range",
         s.try_attach(usize::MAX - PAGE + 1, 2 * PAGE, 0),
         libc::EOVERFLOW,
-    )?;
+    );
     expect(
         "huge length",
         s.try_attach(m.addr, (MAX_ATTACH as usize) + PAGE, 0),
         libc::E2BIG,
-    )?;
+    );
     expect(
         "beyond user space",
         s.try_attach(1 << 48, PAGE, 0),
         libc::EFAULT,
-    )?;
+    );
     let holey = Mapping::anon(3)?;
     // SAFETY: Unmapping the middle page of our own mapping.
     unsafe { libc::munmap((holey.addr + PAGE) as *mut libc::c_void, PAGE) };
@@ -473,7 +496,7 @@ pub fn errors(_: &[String]) -> Result<(), String> {
         "range with a hole",
         s.try_attach(holey.addr, 3 * PAGE, 0),
         libc::EFAULT,
-    )?;
+    );
     let mut a = Attach {
         size: 31,
         mode: 0,
@@ -481,37 +504,37 @@ pub fn errors(_: &[String]) -> Result<(), String> {
         length: m.len as u64,
         id: 0,
     };
-    expect("size field", s.ioctl(IOC_ATTACH, &mut a), libc::EINVAL)?;
+    expect("size field", s.ioctl(IOC_ATTACH, &mut a), libc::EINVAL);
     expect(
         "bad pointer",
         raw_ioctl(s.fd(), IOC_ATTACH, 8),
         libc::EFAULT,
-    )?;
+    );
     expect(
         "unknown ioctl",
         raw_ioctl(s.fd(), (3 << 30) | (32 << 16) | (IOC_TYPE << 8) | 99, 0),
         libc::ENOTTY,
-    )?;
+    );
     expect(
         "wrong size in number",
         raw_ioctl(s.fd(), (3 << 30) | (24 << 16) | (IOC_TYPE << 8) | 1, 0),
         libc::ENOTTY,
-    )?;
+    );
     expect(
         "other type byte",
         raw_ioctl(s.fd(), (3 << 30) | (32 << 16) | (0xb8 << 8) | 1, 0),
         libc::ENOTTY,
-    )?;
+    );
 
     s.attach(m.addr, 12 * PAGE, MODE_CHANGE_PTE)?;
-    expect("double attach", s.try_attach(m.addr, m.len, 0), libc::EBUSY)?;
+    expect("double attach", s.try_attach(m.addr, m.len, 0), libc::EBUSY);
     // A READ faults the page in before it finds that the buffer is bad: the table may be
     // populated (documented), but nothing the process can see changes.
     expect(
         "read into a bad buffer",
         raw_rw(&s, IOC_READ, m.addr, 16, 8),
         libc::EFAULT,
-    )?;
+    );
     s.detach().map_err(|e| format!("detach: {}", errname(e)))?;
     s.attach(m.addr, 12 * PAGE, MODE_CHANGE_PTE)?;
     // Page 11 unmapped inside the attachment.
@@ -532,62 +555,62 @@ pub fn errors(_: &[String]) -> Result<(), String> {
             },
         ),
         libc::EINVAL,
-    )?;
+    );
     expect(
         "fault unaligned",
         s.try_fault(m.addr + 8, PAGE, false),
         libc::EINVAL,
-    )?;
+    );
     expect(
         "fault zero length",
         s.try_fault(m.addr, 0, false),
         libc::EINVAL,
-    )?;
+    );
     expect(
         "fault huge",
         s.try_fault(m.addr, (MAX_IO as usize) + PAGE, false),
         libc::E2BIG,
-    )?;
+    );
     expect(
         "fault outside",
         s.try_fault(m.addr + 12 * PAGE, PAGE, false),
         libc::ERANGE,
-    )?;
+    );
     expect(
         "fault below",
         s.try_fault(m.addr - PAGE, PAGE, false),
         libc::ERANGE,
-    )?;
+    );
     expect(
         "fault overflow",
         s.try_fault(usize::MAX - PAGE + 1, 2 * PAGE, false),
         libc::EOVERFLOW,
-    )?;
+    );
     expect(
         "fault unmapped",
         s.try_fault(m.addr + 11 * PAGE, PAGE, false),
         libc::EFAULT,
-    )?;
+    );
     expect(
         "write-fault read-only",
         s.try_fault(m.addr + 10 * PAGE, PAGE, true),
         libc::EACCES,
-    )?;
+    );
     expect(
         "read zero length",
         s.try_read(m.addr, &mut []),
         libc::EINVAL,
-    )?;
+    );
     expect(
         "read outside",
         s.try_read(m.addr + 12 * PAGE - 4, &mut [0u8; 8]),
         libc::ERANGE,
-    )?;
+    );
     expect(
         "write from a bad buffer",
         raw_rw(&s, IOC_WRITE, m.addr, 16, 8),
         libc::EFAULT,
-    )?;
+    );
     expect(
         "read flags",
         {
@@ -603,34 +626,34 @@ pub fn errors(_: &[String]) -> Result<(), String> {
             s.ioctl(IOC_READ, &mut r)
         },
         libc::EINVAL,
-    )?;
+    );
     expect(
         "read huge",
         raw_rw(&s, IOC_READ, m.addr, (MAX_IO as usize) + 1, m.addr),
         libc::E2BIG,
-    )?;
+    );
     expect(
         "write read-only",
         s.try_write(m.addr + 10 * PAGE, b"x"),
         libc::EACCES,
-    )?;
+    );
     expect(
         "read unmapped",
         s.try_read(m.addr + 11 * PAGE, &mut [0u8; 8]),
         libc::EFAULT,
-    )?;
-    expect("snapshot zero", s.try_snapshot(m.addr, 0), libc::EINVAL)?;
+    );
+    expect("snapshot zero", s.try_snapshot(m.addr, 0), libc::EINVAL);
     expect(
         "snapshot unaligned",
         s.try_snapshot(m.addr + 1, 1),
         libc::EINVAL,
-    )?;
+    );
     expect(
         "snapshot huge",
         s.try_snapshot(m.addr, (MAX_IO as usize) / PAGE + 1),
         libc::E2BIG,
-    )?;
-    expect("snapshot outside", s.try_snapshot(m.addr, 13), libc::ERANGE)?;
+    );
+    expect("snapshot outside", s.try_snapshot(m.addr, 13), libc::ERANGE);
     expect(
         "snapshot bad buffer",
         {
@@ -644,7 +667,7 @@ pub fn errors(_: &[String]) -> Result<(), String> {
             s.ioctl(IOC_SNAPSHOT, &mut sn)
         },
         libc::EFAULT,
-    )?;
+    );
     expect(
         "stats size",
         {
@@ -655,41 +678,56 @@ pub fn errors(_: &[String]) -> Result<(), String> {
             s.ioctl(IOC_STATS, &mut st)
         },
         libc::EINVAL,
-    )?;
+    );
     let after = s.stats()?;
-    check(after == before, || {
-        format!("failed calls changed the counters:\n{before:?}\n{after:?}")
-    })?;
-    check(after.present == 0, || {
-        format!("failed calls mapped {} pages", after.present)
-    })?;
-    check(
-        m.bytes(0, 10 * PAGE)
-            == (0..10 * PAGE)
-                .map(|k| pat(k / PAGE, k % PAGE, 5))
-                .collect::<Vec<_>>(),
-        || "failed calls changed memory".into(),
-    )?;
+    ktap::result(
+        "counters unchanged",
+        check(after == before, || {
+            format!("failed calls changed the counters:\n{before:?}\n{after:?}")
+        }),
+    );
+    ktap::result(
+        "nothing mapped",
+        check(after.present == 0, || {
+            format!("failed calls mapped {} pages", after.present)
+        }),
+    );
+    ktap::result(
+        "memory unchanged",
+        check(
+            m.bytes(0, 10 * PAGE)
+                == (0..10 * PAGE)
+                    .map(|k| pat(k / PAGE, k % PAGE, 5))
+                    .collect::<Vec<_>>(),
+            || "failed calls changed memory".into(),
+        ),
+    );
     // Detach, then use.
     s.detach().map_err(|e| format!("detach: {}", errname(e)))?;
     expect(
         "fault after detach",
         s.try_fault(m.addr, PAGE, false),
         libc::ENXIO,
-    )?;
+    );
     expect(
         "read after detach",
         s.try_read(m.addr, &mut [0u8; 4]),
         libc::ENXIO,
-    )?;
-    expect("detach twice", s.detach(), libc::ENXIO)?;
-    s.attach(m.addr, PAGE, MODE_ZAP)?;
-    eq_or("fault after re-attach", s.fault(m.addr, PAGE, false)?, 1)?;
-    println!(
-        "{} bad calls: each got its documented errno; counters, table and memory unchanged",
-        BAD_CALLS.load(std::sync::atomic::Ordering::Relaxed)
     );
-    Ok(())
+    expect("detach twice", s.detach(), libc::ENXIO);
+    s.attach(m.addr, PAGE, MODE_ZAP)?;
+    ktap::result(
+        "fault after re-attach",
+        s.fault(m.addr, PAGE, false)
+            .and_then(|f| eq_or("fault after re-attach", f, 1)),
+    );
+    if !ktap::failed() {
+        println!(
+            "{} bad calls: each got its documented errno; counters, table and memory unchanged",
+            BAD_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    ktap::finish()
 }
 
 fn raw_rw(s: &Spt, cmd: u64, addr: usize, len: usize, buf: usize) -> Result<(), Errno> {
@@ -730,70 +768,87 @@ fn attachments() -> Result<u64, String> {
 pub fn lifecycle(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
     let base = attachments()?;
-    let m = Mapping::anon(16)?;
-    fill(&m, 2);
-    let s = Spt::open()?;
-    let id = s.attach(m.addr, m.len, MODE_ZAP)?;
-    eq_or("attachments while attached", attachments()?, base + 1)?;
-    let dir = format!("{DEBUGFS}/{id}");
-    let mode = std::fs::read_to_string(format!("{dir}/mode")).map_err(|e| e.to_string())?;
-    check(mode == "zap\n", || format!("mode file {mode:?}"))?;
-    let range = std::fs::read_to_string(format!("{dir}/range")).map_err(|e| e.to_string())?;
-    let want = format!("{:#x}-{:#x}\n", m.addr, m.addr + m.len);
-    check(range == want, || {
-        format!("range file {range:?}, expected {want:?}")
-    })?;
-    verify_data(&s, &m, "lifecycle")?;
-    s.write(m.addr + 5, b"abc")?;
-    let st = s.stats()?;
-    for (name, v) in COUNTERS.iter().zip(st.values()) {
+    // KTAP cases: close, then exits with 0, 1 and 2 faulting threads.
+    ktap::start(Some(4));
+    ktap::stop_at_failure();
+    ktap::case("close detaches; debugfs equals STATS", || {
+        let m = Mapping::anon(16)?;
+        fill(&m, 2);
+        let s = Spt::open()?;
+        let id = s.attach(m.addr, m.len, MODE_ZAP)?;
+        eq_or("attachments while attached", attachments()?, base + 1)?;
+        let dir = format!("{DEBUGFS}/{id}");
+        let mode = std::fs::read_to_string(format!("{dir}/mode")).map_err(|e| e.to_string())?;
+        check(mode == "zap\n", || format!("mode file {mode:?}"))?;
+        let range = std::fs::read_to_string(format!("{dir}/range")).map_err(|e| e.to_string())?;
+        let want = format!("{:#x}-{:#x}\n", m.addr, m.addr + m.len);
+        check(range == want, || {
+            format!("range file {range:?}, expected {want:?}")
+        })?;
+        verify_data(&s, &m, "lifecycle")?;
+        s.write(m.addr + 5, b"abc")?;
+        let st = s.stats()?;
+        for (name, v) in COUNTERS.iter().zip(st.values()) {
+            eq_or(
+                &format!("debugfs {id}/{name}"),
+                debugfs_counter(&id.to_string(), name)?,
+                v,
+            )?;
+        }
+        eq_or("stats.mode", st.mode as u64, MODE_ZAP as u64)?;
+        let releases = debugfs_counter("global", "releases")?;
+        drop(s);
         eq_or(
-            &format!("debugfs {id}/{name}"),
-            debugfs_counter(&id.to_string(), name)?,
-            v,
+            "releases after close (unregistration is not an exit)",
+            debugfs_counter("global", "releases")?,
+            releases,
         )?;
-    }
-    eq_or("stats.mode", st.mode as u64, MODE_ZAP as u64)?;
-    let releases = debugfs_counter("global", "releases")?;
-    drop(s);
-    eq_or(
-        "releases after close (unregistration is not an exit)",
-        debugfs_counter("global", "releases")?,
-        releases,
-    )?;
-    check(!std::path::Path::new(&dir).exists(), || {
-        format!("{dir} still exists after close")
-    })?;
-    eq_or("attachments after close", attachments()?, base)?;
+        check(!std::path::Path::new(&dir).exists(), || {
+            format!("{dir} still exists after close")
+        })?;
+        eq_or("attachments after close", attachments()?, base)
+    });
 
     // Exit while attached, with and without a thread faulting at that moment.
     for threads in [0usize, 1, 2] {
-        for round in 0..5 {
-            let releases = debugfs_counter("global", "releases")?;
-            // SAFETY: The test process is single-threaded here; the child exits with `_exit`.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                let code = exit_while_attached(threads).map(|_| 0).unwrap_or(4);
-                // SAFETY: Leaving the child.
-                unsafe { libc::_exit(code) };
-            }
-            let mut status = 0;
-            // SAFETY: Waiting for our child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            check(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                || format!("exit child ({threads} threads, round {round}): status {status:#x}"),
-            )?;
-            eq_or(
-                "releases after exit",
-                debugfs_counter("global", "releases")? - releases,
-                1,
-            )?;
-            eq_or("attachments after exit", attachments()?, base)?;
-        }
+        ktap::case(
+            &format!("exit while attached with {threads} faulting thread(s)"),
+            || {
+                for round in 0..5 {
+                    let releases = debugfs_counter("global", "releases")?;
+                    // SAFETY: The test process is single-threaded here; the child exits with `_exit`.
+                    let pid = unsafe { libc::fork() };
+                    if pid == 0 {
+                        let code = exit_while_attached(threads).map(|_| 0).unwrap_or(4);
+                        // SAFETY: Leaving the child.
+                        unsafe { libc::_exit(code) };
+                    }
+                    let mut status = 0;
+                    // SAFETY: Waiting for our child.
+                    unsafe { libc::waitpid(pid, &mut status, 0) };
+                    check(
+                        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                        || {
+                            format!(
+                                "exit child ({threads} threads, round {round}): status {status:#x}"
+                            )
+                        },
+                    )?;
+                    eq_or(
+                        "releases after exit",
+                        debugfs_counter("global", "releases")? - releases,
+                        1,
+                    )?;
+                    eq_or("attachments after exit", attachments()?, base)?;
+                }
+                Ok(())
+            },
+        );
     }
-    println!("close detaches and removes {DEBUGFS}/<id>; debugfs equals the ioctl counters; 15 exits while attached (0, 1, 2 faulting threads) each ran release once");
-    Ok(())
+    if !ktap::failed() {
+        println!("close detaches and removes {DEBUGFS}/<id>; debugfs equals the ioctl counters; 15 exits while attached (0, 1, 2 faulting threads) each ran release once");
+    }
+    ktap::finish()
 }
 
 /// In a child: attach, optionally start faulting threads, and exit the process mid-flight.

@@ -4,6 +4,7 @@
 //! killed process reaped with `process_mrelease()` (non-blockable invalidations, as from the OOM
 //! reaper), and table allocation refused by the `max_table_pages` cap.
 
+use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::spt::*;
 use crate::util::*;
@@ -251,8 +252,11 @@ fn table_cap() -> Result<(), String> {
 
 pub fn races(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
-    close_during_faults()?;
-    load_unload_attaching()?;
-    reaped()?;
-    table_cap()
+    ktap::start(Some(4));
+    ktap::stop_at_failure();
+    ktap::case("close during faults", close_during_faults);
+    ktap::case("load/unload while attaching", load_unload_attaching);
+    ktap::case("killed and reaped with process_mrelease", reaped);
+    ktap::case("max_table_pages cap", table_cap);
+    ktap::finish()
 }
