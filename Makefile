@@ -11,6 +11,7 @@
 #   make KDIR=... modules_install   install it there (INSTALL_MOD_PATH= for a staging root)
 #   make check-series every prefix of patches/ applies and builds (slow)
 #   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
+#   make compare-kvm  KVM's selftests on the kernel with and without the series (slow)
 #   make check-kasan  the guest suite and a stress run on a KASAN kernel (slow)
 #
 # See README.md for the environment variables.
@@ -38,6 +39,7 @@ KMAKE_VARS =
 endif
 
 .PHONY: all modules modules_install test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
+	compare-kvm \
 	check-kasan clean help
 
 all: modules
@@ -92,12 +94,15 @@ selftest: initramfs
 	@$(QT)/selftest
 
 # Slow maintainer checks, not part of `make check`: every prefix of patches/
-# builds; hmm-tests give the same results with and without the series.
+# builds; hmm-tests and KVM's selftests give the same results with and without the series.
 check-series: setup
 	@$(SCRIPTS)/check-series
 
 compare-hmm: setup
 	@$(SCRIPTS)/compare-hmm-tests
+
+compare-kvm: setup
+	@$(SCRIPTS)/compare-kvm-tests
 
 # The guest suite and KASAN_STRESS_SECS (120) of stress on a KASAN (clang) kernel.
 check-kasan: guest
