@@ -12,6 +12,7 @@
 #   make check-series every prefix of patches/ applies and builds (slow)
 #   make compare-hmm  hmm-tests on the kernel with and without the series (slow)
 #   make compare-kvm  KVM's selftests on the kernel with and without the series (slow)
+#   make compare-mm   the kernel's mm selftests on the kernel with and without the series (slow)
 #   make check-kasan  the guest suite and a stress run on a KASAN kernel (slow)
 #
 # See README.md for the environment variables.
@@ -39,13 +40,12 @@ KMAKE_VARS =
 endif
 
 .PHONY: all modules modules_install test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
-	compare-kvm \
-	check-kasan clean help
+	compare-kvm compare-mm check-kasan clean help
 
 all: modules
 
 help:
-	@sed -n '3,15p' Makefile
+	@sed -n '3,17p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -103,6 +103,11 @@ compare-hmm: setup
 
 compare-kvm: setup
 	@$(SCRIPTS)/compare-kvm-tests
+
+# The kernel's mm selftests (qemu-test/mm-selftests.list) give the same results with and without
+# the series (and the baseline's results are written to qemu-test/mm-selftests.expected).
+compare-mm: setup
+	@$(SCRIPTS)/compare-mm-tests
 
 # The guest suite and KASAN_STRESS_SECS (120) of stress on a KASAN (clang) kernel.
 check-kasan: guest
