@@ -18,9 +18,9 @@
 
 use crate::{
     debugfs,
-    mirror::{pages, Mirror, Mode},
+    mirror::{pages, FaultContext, Mirror, Mode},
     stats::{Stats, ATTACHMENTS},
-    table::{NodeCache, ADDRESS_LIMIT},
+    table::{ADDRESS_LIMIT, LEAF_SPAN},
     uapi,
 };
 use kernel::{
@@ -213,24 +213,17 @@ impl ShadowPtFile {
         let mirror = attachment.mirror();
         mirror.check_range(req.addr, req.length)?;
         let write = req.flags & uapi::ACCESS_WRITE != 0;
-        let mut cache = NodeCache::new();
+        let mut ctx = FaultContext::new();
         let mut faults = 0u64;
-        let end = req.addr + req.length;
-        let mut addr = req.addr;
-        while addr < end {
-            // Skip what the table already maps, 512 entries per lock acquisition.
-            let next = mirror.mapped_until(addr, end, write)?;
-            if next > addr {
-                addr = next;
-                continue;
-            }
-            match mirror.fault(addr, write, &mut cache) {
-                Ok(true) => faults += 1,
-                Ok(false) => {}
-                Err(e) => return Err(refine_fault_error(mm, addr, write, e)),
-            }
-            addr += PAGE_SIZE;
-        }
+        mirror
+            .populate(
+                req.addr,
+                req.addr + req.length,
+                write,
+                &mut ctx,
+                &mut faults,
+            )
+            .map_err(|e| refine_fault_error(mm, e.addr, write, e.err))?;
         uapi::write(arg, &req.reply(faults))?;
         Ok(0)
     }
@@ -252,18 +245,33 @@ impl ShadowPtFile {
         let user = UserSlice::new(UserPtr::from_addr(req.buf), req.length);
         let (mut reader, mut writer) = user.reader_writer();
         let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
-        let mut cache = NodeCache::new();
+        let mut ctx = FaultContext::new();
         let mut faults = 0u64;
         let mut addr = req.addr;
         let end = req.addr + req.length;
+        // Faults come in batches: at the first page of each leaf table's span, once the data
+        // for that page is in hand (so that a write from a bad buffer maps nothing), what the
+        // table lacks up to the end of the span or of the request. Where a batch stops, or
+        // whatever an invalidation zaps meanwhile, the copy faults page by page and reports the
+        // error at the page where it happens.
+        let mut batched_to = addr;
         while addr < end {
             let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
             let buf = &mut bounce[..chunk];
             if write {
                 reader.read_slice(buf)?;
             }
+            if addr >= batched_to {
+                let page = addr & !(PAGE_SIZE - 1);
+                batched_to = core::cmp::min(
+                    end.next_multiple_of(PAGE_SIZE),
+                    (page | (LEAF_SPAN - 1)).saturating_add(1),
+                );
+                // Errors are reported by the copy below, at their page.
+                let _ = mirror.populate(page, batched_to, write, &mut ctx, &mut faults);
+            }
             faults += mirror
-                .read_write(addr, buf, write, &mut cache)
+                .read_write(addr, buf, write, &mut ctx)
                 .map_err(|e| refine_fault_error(mm, addr, write, e))?;
             if !write {
                 writer.write_slice(buf)?;

@@ -11,11 +11,13 @@
 //!   mode an invalidation flagged [`Range::change_pte`] keeps its single entry: the matching
 //!   [`change_pte`] call updates it in place.
 //! - [`invalidate_range_end`] takes the lock, bumps `seq` and lowers `in_progress`.
-//! - A fault samples `seq` under the lock, drops the lock, looks the page up with
-//!   [`gup::get_user_page_fast`] (which may sleep and fault), allocates the tables it may need,
-//!   then takes the lock again and installs the entry only if `seq` did not move and no
-//!   invalidation in progress covers the address. Otherwise it retries. The page reference is
-//!   dropped right after the entry is installed: the table holds none, so KSM can merge the page.
+//! - A fault samples `seq` under the lock, drops the lock, looks the pages up with
+//!   [`gup::get_user_pages_fast`] (which may sleep and fault), allocates the tables it may need,
+//!   then takes the lock again and installs the entries only if `seq` did not move and no
+//!   invalidation in progress covers the pages. Otherwise it retries. The page references are
+//!   dropped right after the entries are installed: the table holds none, so KSM can merge the
+//!   pages. A fault covers a batch: the absent pages of one leaf table (up to 512), looked up by
+//!   one call and installed under one acquisition of the lock.
 //!
 //! An installed entry therefore always maps the page the primary page table mapped at some point
 //! after the last invalidation of its address ended, and every later change of that primary entry
@@ -37,12 +39,12 @@
 
 use crate::{
     stats::{Counter, Stats},
-    table::{Entry, NodeCache, Table},
+    table::{Entry, NodeCache, Table, LEAF_SPAN},
     uapi,
 };
 use kernel::{
     mm::{
-        gup,
+        gup::{self, UserPage},
         mmu_notifier::{MmuNotifier, Pte, Range},
         Mm,
     },
@@ -97,13 +99,42 @@ struct Inner {
 }
 
 impl Inner {
-    /// Whether a fault that sampled `seq` must retry instead of installing `addr`
+    /// Whether a fault that sampled `seq` must retry instead of installing `[start, end)`
     /// (KVM's `mmu_invalidate_retry_gfn`).
-    fn must_retry(&self, seq: u64, addr: usize) -> bool {
+    fn must_retry(&self, seq: u64, start: usize, end: usize) -> bool {
         if cfg!(shadowpt_break = "no_seq_check") {
             return false;
         }
-        (self.in_progress > 0 && addr >= self.inv_start && addr < self.inv_end) || self.seq != seq
+        (self.in_progress > 0 && start < self.inv_end && end > self.inv_start) || self.seq != seq
+    }
+}
+
+/// What a task faulting pages in reuses from one fault to the next: tables allocated ahead of
+/// the lock and the buffer of the page lookup.
+pub(crate) struct FaultContext {
+    cache: NodeCache,
+    pages: KVec<UserPage>,
+}
+
+impl FaultContext {
+    pub(crate) fn new() -> Self {
+        Self {
+            cache: NodeCache::new(),
+            pages: KVec::new(),
+        }
+    }
+}
+
+/// Why [`Mirror::populate`] stopped, and where.
+pub(crate) struct FaultError {
+    /// The page that could not be mapped.
+    pub(crate) addr: usize,
+    pub(crate) err: Error,
+}
+
+impl FaultError {
+    fn at(addr: usize, err: Error) -> Self {
+        Self { addr, err }
     }
 }
 
@@ -197,25 +228,6 @@ impl Mirror {
         Ok(end)
     }
 
-    /// How far from `addr` (page aligned, inside the attachment) towards `end` the table already
-    /// maps every page, writable if `write`: the first page [`Mirror::fault`] would have to fault
-    /// in, or the end of the stretch looked at. Looks at up to one leaf table (512 entries) per
-    /// call, under one acquisition of the lock, so a caller walking a long range takes the lock
-    /// once per 512 pages instead of once per page.
-    ///
-    /// # Errors
-    ///
-    /// `ENXIO` once the address space is gone.
-    pub(crate) fn mapped_until(&self, addr: usize, end: usize, write: bool) -> Result<usize> {
-        let inner = self.inner.lock();
-        if inner.dead {
-            return Err(ENXIO);
-        }
-        Ok(inner.table.first_failing(addr, end, |entry| {
-            entry.present() && (!write || entry.writable())
-        }))
-    }
-
     /// Publishes the gauges of the new, registered mirror.
     pub(crate) fn publish_gauges(&self) {
         self.update_gauges(&self.inner.lock());
@@ -229,91 +241,137 @@ impl Mirror {
             .set_gauge(Counter::table_pages, inner.table.pages());
     }
 
-    /// Makes sure the table maps the page at `addr` (page aligned, inside the attachment), and
-    /// writable if `write`. Returns whether an entry was created or upgraded.
+    /// Makes sure the table maps every page of `[start, end)` (page aligned, inside the
+    /// attachment), writable if `write`, and adds the entries it created or upgraded to
+    /// `faults`.
     ///
-    /// Must be called by a task of the mirrored address space. May sleep. `faults` counts the
-    /// calls that return `Ok(true)`: entries this call installed. (`change_pte` never makes an
-    /// entry writable, so a write fault always installs its own entry, even when the write broke
-    /// copy-on-write and `change_pte` moved the old entry to the new page.)
+    /// Must be called by a task of the mirrored address space. May sleep. Works in batches: the
+    /// run of pages the table lacks in one leaf table is looked up with one call and installed
+    /// under one acquisition of the lock. (`change_pte` never makes an entry writable, so a
+    /// write fault always installs its own entry, even when the write broke copy-on-write and
+    /// `change_pte` moved the old entry to the new page.)
     ///
     /// # Errors
     ///
-    /// `EFAULT` if the process cannot access the page that way (the caller refines it),
-    /// `ENOMEM` (also when `max_table_pages` is reached), `EINTR` on a pending signal while
-    /// retrying, `ENXIO` once the address space is gone.
-    pub(crate) fn fault(&self, addr: usize, write: bool, cache: &mut NodeCache) -> Result<bool> {
+    /// The first page that could not be mapped and why: `EFAULT` if the process cannot access
+    /// it that way (the caller refines it), `ENOMEM` (also when `max_table_pages` is reached),
+    /// `EINTR` on a pending signal while retrying, `ENXIO` once the address space is gone. The
+    /// pages before it are mapped.
+    pub(crate) fn populate(
+        &self,
+        start: usize,
+        end: usize,
+        write: bool,
+        ctx: &mut FaultContext,
+        faults: &mut u64,
+    ) -> core::result::Result<(), FaultError> {
         let satisfied = |entry: Entry| entry.present() && (!write || entry.writable());
-        let mut seq = {
-            let inner = self.inner.lock();
-            if inner.dead {
-                return Err(ENXIO);
-            }
-            if satisfied(inner.table.lookup(addr)) {
-                return Ok(false);
-            }
-            inner.seq
+        let flags = if write {
+            gup::Flags::WRITE
+        } else {
+            gup::Flags::NONE
         };
-        loop {
-            let flags = if write {
-                gup::Flags::WRITE
-            } else {
-                gup::Flags::NONE
+        let mut addr = start;
+        while addr < end {
+            let leaf_end = core::cmp::min(end, (addr | (LEAF_SPAN - 1)).saturating_add(1));
+            // The run to fault: from the first page of this leaf table the table lacks to the
+            // next one it has.
+            let (first, stop, seq) = {
+                let inner = self.inner.lock();
+                if inner.dead {
+                    return Err(FaultError::at(addr, ENXIO));
+                }
+                let first = inner.table.first_failing(addr, leaf_end, satisfied);
+                if first >= leaf_end {
+                    addr = leaf_end;
+                    continue;
+                }
+                let stop = inner
+                    .table
+                    .first_failing(first, leaf_end, |e| !satisfied(e));
+                (first, stop, inner.seq)
             };
-            let page = gup::get_user_page_fast(addr, flags)?;
-            cache.top_up()?;
+            let pages = &mut ctx.pages;
+            pages.clear();
+            let got = gup::get_user_pages_fast(first, (stop - first) >> PAGE_SHIFT, flags, pages)
+                .map_err(|e| FaultError::at(first, e))?;
+            let batch_end = first + (got << PAGE_SHIFT);
+            ctx.cache.top_up().map_err(|e| FaultError::at(first, e))?;
 
             let mut inner = self.inner.lock();
             if inner.dead {
-                return Err(ENXIO);
+                return Err(FaultError::at(first, ENXIO));
             }
-            if inner.must_retry(seq, addr) {
+            if inner.must_retry(seq, first, batch_end) {
                 drop(inner);
-                drop(page);
+                pages.clear();
                 self.stats.inc(Counter::fault_retries);
                 if kernel::current!().signal_pending() {
-                    return Err(EINTR);
+                    return Err(FaultError::at(first, EINTR));
                 }
-                // Let the invalidation finish (the guest kernel may not be preemptible).
+                // Let the invalidation finish (the guest kernel may not be preemptible), then
+                // look again at what is missing: another thread's fault may have installed the
+                // entries meanwhile (a read is also satisfied by an entry `change_pte` moved).
                 fsleep(Delta::from_micros(20));
-                let inner = self.inner.lock();
-                if inner.dead {
-                    return Err(ENXIO);
-                }
-                // Another thread's fault may have installed the entry meanwhile (a read is
-                // also satisfied by an entry that `change_pte` moved): nothing left to do here.
-                if satisfied(inner.table.lookup(addr)) {
-                    return Ok(false);
-                }
-                seq = inner.seq;
+                addr = first;
                 continue;
             }
-            // A writable entry is only ever created here, and the page is marked dirty with
-            // it (below): writes through the table never touch the primary PTE's dirty bit, so
-            // this is how the core mm learns that the page holds data. The core mm cleans a page
-            // (`MADV_FREE`, writeback) only inside an invalidation, which zaps the entry first:
-            // while the entry exists, the page stays dirty (KVM's `kvm_release_faultin_page()`).
-            let entry = Entry::new(page.pfn(), page.is_zero_page(), write, true, write);
+            // The run lies in one leaf table: only its first installation can add tables.
             if self.max_pages != 0
-                && inner.table.pages() + inner.table.missing_tables(addr) > self.max_pages
+                && inner.table.pages() + inner.table.missing_tables(first) > self.max_pages
             {
-                return Err(ENOMEM);
+                // Empty tables left by invalidations count too: free them first.
+                inner.table.prune();
+                if inner.table.pages() + inner.table.missing_tables(first) > self.max_pages {
+                    self.update_gauges(&inner);
+                    return Err(FaultError::at(first, ENOMEM));
+                }
             }
-            inner.table.install(addr, entry, cache)?;
-            if write && !cfg!(shadowpt_break = "no_dirty") {
-                // SAFETY: `must_retry()` is false with `inner` held: no invalidation of `addr`
-                // has begun since `seq` was sampled, before the lookup, and none can get past
-                // its `invalidate_range_start` (which takes `inner`) to change the primary PTE
-                // before we unlock. So the primary page table still maps `page` at `addr`.
-                unsafe { page.mark_dirty() };
+            let mut installed = 0;
+            for (i, page) in pages.iter().enumerate() {
+                let page_addr = first + (i << PAGE_SHIFT);
+                if satisfied(inner.table.lookup(page_addr)) {
+                    continue;
+                }
+                // A writable entry is only ever created here, and the page is marked dirty
+                // with it (below): writes through the table never touch the primary PTE's
+                // dirty bit, so this is how the core mm learns that the page holds data. The
+                // core mm cleans a page (`MADV_FREE`, writeback) only inside an invalidation,
+                // which zaps the entry first: while the entry exists, the page stays dirty
+                // (KVM's `kvm_release_faultin_page()`).
+                let entry = Entry::new(page.pfn(), page.is_zero_page(), write, true, write);
+                inner
+                    .table
+                    .install(page_addr, entry, &mut ctx.cache)
+                    .map_err(|e| FaultError::at(page_addr, e))?;
+                if write && !cfg!(shadowpt_break = "no_dirty") {
+                    // SAFETY: `must_retry()` is false with `inner` held: no invalidation of
+                    // `[first, batch_end)` has begun since `seq` was sampled, before the lookup,
+                    // and none can get past its `invalidate_range_start` (which takes `inner`)
+                    // to change the primary PTEs before we unlock. So the primary page table
+                    // still maps `page` at `page_addr`.
+                    unsafe { page.mark_dirty() };
+                }
+                installed += 1;
             }
             self.update_gauges(&inner);
             drop(inner);
             // The table holds no page reference: from here on the notifier keeps it coherent.
-            drop(page);
-            self.stats.inc(Counter::faults);
-            return Ok(true);
+            pages.clear();
+            self.stats.add(Counter::faults, installed);
+            *faults += installed;
+            addr = batch_end;
         }
+        Ok(())
+    }
+
+    /// [`Mirror::populate`] for the one page at `addr`: returns whether an entry was created or
+    /// upgraded.
+    pub(crate) fn fault(&self, addr: usize, write: bool, ctx: &mut FaultContext) -> Result<bool> {
+        let mut faults = 0;
+        self.populate(addr, addr + PAGE_SIZE, write, ctx, &mut faults)
+            .map_err(|e| e.err)?;
+        Ok(faults > 0)
     }
 
     /// Copies between `buf` and the attachment at `addr` through the table, one page at a time
@@ -324,7 +382,7 @@ impl Mirror {
         addr: usize,
         buf: &mut [u8],
         write: bool,
-        cache: &mut NodeCache,
+        ctx: &mut FaultContext,
     ) -> Result<u64> {
         let page_addr = addr & !(PAGE_SIZE - 1);
         let offset = addr - page_addr;
@@ -355,7 +413,7 @@ impl Mirror {
                     return Ok(faults);
                 }
             }
-            if self.fault(page_addr, write, cache)? {
+            if self.fault(page_addr, write, ctx)? {
                 faults += 1;
             }
         }
@@ -370,7 +428,7 @@ impl Mirror {
             let seq = self.inner.lock().seq;
             let primary = gup::get_user_page_fast(addr, gup::Flags::NOFAULT).ok();
             let inner = self.inner.lock();
-            if inner.must_retry(seq, addr) {
+            if inner.must_retry(seq, addr, addr + PAGE_SIZE) {
                 drop(inner);
                 drop(primary);
                 if kernel::current!().signal_pending() {
@@ -441,6 +499,9 @@ impl MmuNotifier for Mirror {
         }
         inner.dead = true;
         let zapped = self.zap_locked(&mut inner, self.start, self.end);
+        // Nothing will be mapped any more: the tables can go now.
+        inner.table.prune();
+        self.update_gauges(&inner);
         drop(inner);
         self.stats.add(Counter::zapped, zapped);
     }

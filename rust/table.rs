@@ -7,9 +7,12 @@
 //! it holds no reference on the page (the MMU notifier keeps it coherent instead).
 //!
 //! Every table is allocated by the caller *before* it takes the lock protecting the tree (see
-//! [`NodeCache`]) and freed as soon as it becomes empty. Walks only descend into populated
-//! subtrees, and each table counts its populated slots, so an invalidation costs in proportion
-//! to the tables holding present entries in its range, not to the size of the range.
+//! [`NodeCache`]). Each table counts the present entries below it, and walks only descend into
+//! tables that have some, so an invalidation costs in proportion to the present entries in its
+//! range, not to the size of the range. Invalidations clear entries but leave the tables in
+//! place, as KVM's TDP MMU does (`tdp_mmu_zap_leafs()`): freeing them inside an MMU notifier
+//! callback would make the core mm pay for them, and the next fault in the same region reuses
+//! them. [`Table::prune`] frees the empty ones; the owner calls it where it may take its time.
 
 use kernel::{page::PAGE_SHIFT, prelude::*};
 
@@ -19,6 +22,8 @@ const FANOUT: usize = 512;
 const LEVEL_BITS: usize = 9;
 /// Number of levels; the root is level `LEVELS - 1`.
 pub(crate) const LEVELS: usize = 4;
+/// Bytes mapped by one leaf table (2 MiB).
+pub(crate) const LEAF_SPAN: usize = 1 << (PAGE_SHIFT + LEVEL_BITS);
 /// First address the table cannot map (48-bit user address space).
 pub(crate) const ADDRESS_LIMIT: usize = 1 << (PAGE_SHIFT + LEVEL_BITS * LEVELS);
 
@@ -105,14 +110,17 @@ enum Slots {
     Leaf(KBox<LeafSlots>),
 }
 
-/// One table of the tree and the number of its populated slots.
+/// One table of the tree, with the number of its populated slots and of the present entries
+/// below it.
 ///
 /// # Invariants
 ///
-/// `count` is the number of `Some` slots of a `Dir`, or of present entries of a `Leaf`; a
-/// child table in a `Dir` slot is never empty (`count > 0`) outside a [`Table`] method.
+/// `count` is the number of `Some` slots of a `Dir`, or of present entries of a `Leaf`;
+/// `present` is the number of present leaf entries in this table's subtree (`count` for a
+/// leaf). A child table may be empty (`present == 0`) until [`Table::prune`] frees it.
 struct Node {
     count: usize,
+    present: usize,
     slots: Slots,
 }
 
@@ -124,6 +132,7 @@ impl Node {
         Ok(KBox::new(
             Node {
                 count: 0,
+                present: 0,
                 slots: Slots::Dir(slots),
             },
             GFP_KERNEL_ACCOUNT,
@@ -135,6 +144,7 @@ impl Node {
         Ok(KBox::new(
             Node {
                 count: 0,
+                present: 0,
                 slots: Slots::Leaf(slots),
             },
             GFP_KERNEL_ACCOUNT,
@@ -259,7 +269,7 @@ impl Table {
         end: usize,
         ok: impl Fn(Entry) -> bool,
     ) -> usize {
-        let span_end = (start | (slot_span(1) - 1)).saturating_add(1);
+        let span_end = (start | (LEAF_SPAN - 1)).saturating_add(1);
         let stop = core::cmp::min(end, span_end);
         let Some(slots) = self.leaf(start) else {
             return if ok(Entry::NONE) { stop } else { start };
@@ -327,9 +337,13 @@ impl Table {
         entry: Entry,
         cache: &mut NodeCache,
     ) -> Result<Entry> {
+        // The old entry first, so that the walk below knows whether the subtree gains one.
+        let old = self.lookup(addr);
+        let added = usize::from(!old.present());
         let mut node = &mut *self.root;
         let mut level = LEVELS - 1;
         while level > 0 {
+            node.present += added;
             let Slots::Dir(slots) = &mut node.slots else {
                 return Err(EINVAL);
             };
@@ -352,90 +366,94 @@ impl Table {
         let Slots::Leaf(slots) = &mut node.slots else {
             return Err(EINVAL);
         };
-        let slot = &mut slots[index(addr, 0)];
-        let old = Entry(*slot);
-        *slot = entry.0;
-        if !old.present() {
-            node.count += 1;
-            self.present += 1;
-        }
+        slots[index(addr, 0)] = entry.0;
+        node.count += added;
+        node.present += added;
+        self.present += added as u64;
         Ok(old)
     }
 
-    /// Clears every entry in `[start, end)`, calling `f` on each present one, and frees the
-    /// tables that become empty. Visits only populated subtrees.
-    pub(crate) fn zap_with(
-        &mut self,
-        start: usize,
-        end: usize,
-        mut f: impl FnMut(usize, Entry),
-    ) -> Zapped {
-        let mut zapped = Zapped::default();
-        let mut freed = 0;
-        Self::zap_node(
-            &mut self.root,
-            LEVELS - 1,
-            0,
-            start,
-            end,
-            &mut zapped,
-            &mut freed,
-            &mut f,
-        );
-        self.present -= zapped.entries;
-        self.pages -= freed;
-        zapped
-    }
-
-    /// [`Table::zap_with`] without a callback.
+    /// Clears every entry in `[start, end)`. Visits only tables with present entries, and frees
+    /// none: see [`Table::prune`].
     pub(crate) fn zap(&mut self, start: usize, end: usize) -> Zapped {
-        self.zap_with(start, end, |_, _| {})
+        let entries = Self::zap_node(&mut self.root, LEVELS - 1, 0, start, end);
+        self.present -= entries as u64;
+        Zapped {
+            entries: entries as u64,
+        }
     }
 
-    /// Zaps `[start, end)` in `node`, a table of level `level` whose first slot maps `base`.
-    #[allow(clippy::too_many_arguments)]
-    fn zap_node(
-        node: &mut Node,
-        level: usize,
-        base: usize,
-        start: usize,
-        end: usize,
-        zapped: &mut Zapped,
-        freed: &mut u64,
-        f: &mut impl FnMut(usize, Entry),
-    ) {
+    /// Zaps `[start, end)` in `node`, a table of level `level` whose first slot maps `base`;
+    /// returns the entries cleared.
+    fn zap_node(node: &mut Node, level: usize, base: usize, start: usize, end: usize) -> usize {
         let span = slot_span(level);
         let (first, last) = slot_range(span, base, start, end);
+        let mut cleared = 0;
         match &mut node.slots {
             Slots::Leaf(slots) => {
-                for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
-                    if node.count == 0 {
+                for slot in slots.iter_mut().take(last).skip(first) {
+                    if cleared == node.present {
                         break;
                     }
                     if Entry(*slot).present() {
-                        f(base + i * span, Entry(*slot));
                         *slot = 0;
-                        node.count -= 1;
-                        zapped.entries += 1;
+                        cleared += 1;
                     }
                 }
+                node.count -= cleared;
             }
             Slots::Dir(slots) => {
                 for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
-                    if node.count == 0 {
+                    if cleared == node.present {
                         break;
                     }
                     let Some(child) = slot else { continue };
-                    let child_base = base + i * span;
-                    Self::zap_node(child, level - 1, child_base, start, end, zapped, freed, f);
-                    if child.count == 0 {
-                        // Dropping the child frees it and its slots (it has no children left).
-                        *slot = None;
-                        node.count -= 1;
-                        *freed += 1;
+                    if child.present > 0 {
+                        cleared += Self::zap_node(child, level - 1, base + i * span, start, end);
                     }
                 }
             }
+        }
+        node.present -= cleared;
+        cleared
+    }
+
+    /// Frees every table that maps no present entry (the root stays); returns how many. Costs
+    /// in proportion to the tables in the tree.
+    pub(crate) fn prune(&mut self) -> u64 {
+        let freed = Self::prune_node(&mut self.root);
+        self.pages -= freed;
+        freed
+    }
+
+    /// Frees the empty child tables of `node`, and the empty tables below its other children.
+    fn prune_node(node: &mut Node) -> u64 {
+        let Slots::Dir(slots) = &mut node.slots else {
+            return 0;
+        };
+        let mut freed = 0;
+        for slot in slots.iter_mut() {
+            if node.count == 0 {
+                break;
+            }
+            let Some(child) = slot else { continue };
+            if child.present == 0 {
+                freed += Self::tables(child);
+                // Dropping the child frees it and every table below it.
+                *slot = None;
+                node.count -= 1;
+            } else {
+                freed += Self::prune_node(child);
+            }
+        }
+        freed
+    }
+
+    /// The tables in `node`'s subtree, `node` included.
+    fn tables(node: &Node) -> u64 {
+        match &node.slots {
+            Slots::Leaf(_) => 1,
+            Slots::Dir(slots) => 1 + slots.iter().flatten().map(|c| Self::tables(c)).sum::<u64>(),
         }
     }
 
@@ -470,11 +488,158 @@ impl Table {
             }
             Slots::Dir(slots) => {
                 for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
-                    if let Some(child) = slot {
+                    if let Some(child) = slot.as_deref_mut().filter(|c| c.present > 0) {
                         Self::walk_node(child, level - 1, base + i * span, start, end, f);
                     }
                 }
             }
         }
+    }
+}
+
+/// The table's own rules, checked without a process or a notifier: run by KUnit when the module
+/// loads (`CONFIG_KUNIT`; the guest test `kunit` reads the results).
+#[kernel::macros::kunit_tests(shadowpt_table)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 1 << PAGE_SHIFT;
+
+    fn entry(pfn: usize) -> Entry {
+        Entry::new(pfn, false, false, true, false)
+    }
+
+    /// A table with `addrs` mapped (pfn = index in `addrs` + 1).
+    fn table_with(addrs: &[usize]) -> Result<Table> {
+        let mut t = Table::new()?;
+        let mut cache = NodeCache::new();
+        for (i, &a) in addrs.iter().enumerate() {
+            cache.top_up()?;
+            t.install(a, entry(i + 1), &mut cache)?;
+        }
+        Ok(t)
+    }
+
+    /// One table per level below the root for the first page; a page across each boundary (2 MiB,
+    /// 1 GiB, 512 GiB) adds the tables of the levels it crosses.
+    #[test]
+    fn level_boundaries() -> Result {
+        let leaf = slot_span(1);
+        let dir1 = slot_span(2);
+        let dir2 = slot_span(3);
+        let base = dir2 - PAGE;
+        let cases: [(usize, u64); 4] = [
+            (base, 4),
+            (base + PAGE, 7),
+            (dir2 + leaf, 8),
+            (dir2 + dir1, 10),
+        ];
+        let mut t = Table::new()?;
+        let mut cache = NodeCache::new();
+        for (i, &(addr, pages)) in cases.iter().enumerate() {
+            cache.top_up()?;
+            assert_eq!(t.missing_tables(addr) + t.pages(), pages);
+            t.install(addr, entry(i + 1), &mut cache)?;
+            assert_eq!(t.pages(), pages);
+        }
+        assert_eq!(t.present(), 4);
+        for (i, &(addr, _)) in cases.iter().enumerate() {
+            assert_eq!(t.lookup(addr), entry(i + 1));
+            assert!(!t.lookup(addr + PAGE).present() || addr + PAGE == cases[1].0);
+        }
+        Ok(())
+    }
+
+    /// The highest user page (47-bit address space) and the lowest map to distinct entries.
+    #[test]
+    fn address_extremes() -> Result {
+        let top = ADDRESS_LIMIT - PAGE;
+        let t = table_with(&[0, top])?;
+        assert_eq!(t.lookup(0).pfn(), 1);
+        assert_eq!(t.lookup(top).pfn(), 2);
+        assert_eq!(t.pages(), 7);
+        assert_eq!(index(top, LEVELS - 1), FANOUT - 1);
+        assert_eq!(index(top, 0), FANOUT - 1);
+        Ok(())
+    }
+
+    /// A zap clears only its range, frees no table; `prune` frees the empty ones and keeps the
+    /// tables that still map something.
+    #[test]
+    fn zap_keeps_tables_prune_frees_them() -> Result {
+        let leaf = slot_span(1);
+        let addrs = [0, PAGE, leaf, 2 * leaf, slot_span(2)];
+        let mut t = table_with(&addrs)?;
+        assert_eq!(t.pages(), 8);
+        assert_eq!(t.zap(PAGE, 2 * leaf + PAGE).entries, 3);
+        assert_eq!(t.present(), 2);
+        assert_eq!(t.pages(), 8);
+        assert!(t.lookup(0).present());
+        assert!(!t.lookup(leaf).present());
+        // Leaves of `leaf` and `2 * leaf` are empty now.
+        assert_eq!(t.prune(), 2);
+        assert_eq!(t.pages(), 6);
+        assert_eq!(t.lookup(slot_span(2)).pfn(), 5);
+        assert_eq!(t.zap(0, ADDRESS_LIMIT).entries, 2);
+        assert_eq!(t.prune(), 5);
+        assert_eq!(t.pages(), 1);
+        assert_eq!(t.present(), 0);
+        // An empty range and a range without tables cost nothing and change nothing.
+        assert_eq!(t.zap(PAGE, PAGE).entries, 0);
+        assert_eq!(t.prune(), 0);
+        Ok(())
+    }
+
+    /// A table emptied by a zap is reused by the next installation in its range.
+    #[test]
+    fn empty_tables_are_reused() -> Result {
+        let mut t = table_with(&[PAGE])?;
+        t.zap(0, ADDRESS_LIMIT);
+        assert_eq!(t.missing_tables(2 * PAGE), 0);
+        let mut cache = NodeCache::new();
+        cache.top_up()?;
+        t.install(2 * PAGE, entry(9), &mut cache)?;
+        assert_eq!(t.pages(), 4);
+        assert_eq!(t.present(), 1);
+        assert_eq!(t.prune(), 0);
+        Ok(())
+    }
+
+    /// `first_failing` stops at the first entry failing the test, and at the end of the leaf
+    /// table that maps its start at the latest.
+    #[test]
+    fn first_failing_bounds() -> Result {
+        let leaf = slot_span(1);
+        let t = table_with(&[0, PAGE, 2 * PAGE, leaf])?;
+        let present = |e: Entry| e.present();
+        assert_eq!(t.first_failing(0, 2 * leaf, present), 3 * PAGE);
+        assert_eq!(t.first_failing(3 * PAGE, 2 * leaf, |e| !e.present()), leaf);
+        assert_eq!(t.first_failing(0, 2 * PAGE, present), 2 * PAGE);
+        assert_eq!(t.first_failing(leaf, 2 * leaf, present), leaf + PAGE);
+        // No leaf table at all: the whole leaf span is absent.
+        assert_eq!(
+            t.first_failing(4 * leaf, 8 * leaf, |e| !e.present()),
+            5 * leaf
+        );
+        assert_eq!(t.first_failing(4 * leaf, 8 * leaf, present), 4 * leaf);
+        Ok(())
+    }
+
+    /// Re-installing a present entry replaces it without counting it twice; `update` changes
+    /// only present entries.
+    #[test]
+    fn install_and_update() -> Result {
+        let mut t = table_with(&[PAGE])?;
+        let mut cache = NodeCache::new();
+        cache.top_up()?;
+        assert_eq!(t.install(PAGE, entry(7), &mut cache)?, entry(1));
+        assert_eq!(t.present(), 1);
+        assert_eq!(t.update(PAGE, |e| e.old()).pfn(), 7);
+        assert!(!t.lookup(PAGE).accessed());
+        assert_eq!(t.update(2 * PAGE, |_| entry(3)), Entry::NONE);
+        assert!(!t.lookup(2 * PAGE).present());
+        assert_eq!(t.update(PAGE, |_| Entry::NONE).pfn(), 7);
+        assert_eq!(t.present(), 0);
+        Ok(())
     }
 }
