@@ -13,6 +13,7 @@ mod fuzz;
 mod ksm;
 mod ksmproof;
 mod ktap;
+mod kunit;
 mod kvm;
 mod lifecycle;
 mod mem;
@@ -34,6 +35,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "module_load_unload",
         run: lifecycle::load_unload,
+    },
+    Test {
+        name: "kunit",
+        run: kunit::kunit,
     },
     Test {
         name: "open_close_processes",
