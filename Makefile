@@ -81,7 +81,7 @@ check: initramfs
 	@$(QT)/check
 
 # Benchmarks: writes Documentation/benchmarks.md (BENCH_MAX=65536 for a shorter run).
-bench: initramfs
+bench: guest
 	@$(QT)/bench
 
 # Long stress run (STRESS_SECS, default 1800; SEED to reproduce a run).

@@ -13,14 +13,21 @@
 : "${LIBCLANG_PATH:=/usr/lib/llvm-19/lib}"
 BINDGEN_VERSION=0.72.1
 : "${SHADOWPT_BINDGEN:=$SHADOWPT_CACHE/tools/bin/bindgen}"
-# SHADOWPT_SANITIZE=kasan selects the KASAN variant of the test kernel (scripts/check-kasan),
-# which clang builds: SHADOWPT_LLVM is the LLVM= suffix the kernel and module builds get.
-: "${SHADOWPT_SANITIZE:=}"
-if [ "$SHADOWPT_SANITIZE" = kasan ]; then
+# SHADOWPT_VARIANT selects a variant of the test kernel: its fragment qemu-test/<variant>.config
+# is applied on top of kernel.config. `kasan` (scripts/check-kasan) is built by clang:
+# SHADOWPT_LLVM is the LLVM= suffix the kernel and module builds get. `bench` (qemu-test/bench)
+# is the production kernel the benchmarks run on: the same options minus the debugging ones.
+: "${SHADOWPT_VARIANT:=}"
+case "$SHADOWPT_VARIANT" in "" | kasan | bench) ;; *)
+	echo "SHADOWPT_VARIANT must be empty, kasan or bench, not '$SHADOWPT_VARIANT'" >&2
+	exit 1
+	;;
+esac
+if [ "$SHADOWPT_VARIANT" = kasan ]; then
 	: "${SHADOWPT_LLVM:=-19}"
 else
 	SHADOWPT_LLVM=
 fi
 export SHADOWPT_CACHE SHADOWPT_RUSTC SHADOWPT_RUSTDOC SHADOWPT_RUST_SRC LIBCLANG_PATH SHADOWPT_BINDGEN
 export SHADOWPT_CARGO SHADOWPT_RUSTFMT
-export SHADOWPT_SANITIZE SHADOWPT_LLVM
+export SHADOWPT_VARIANT SHADOWPT_LLVM

@@ -28,16 +28,96 @@ fn fill_same(m: &Mapping, g: u8) {
     }
 }
 
-/// Runs KSM until all `total` pages are merged; returns the time it took.
-fn merge(m: &Mapping, total: usize) -> Result<Duration, String> {
+/// What one KSM merge cost.
+struct MergeCost {
+    wall: Duration,
+    /// ksmd's CPU time.
+    ksmd_ns: u64,
+    full_scans: u64,
+    pages_scanned: u64,
+}
+
+/// ksmd's pid.
+fn ksmd_pid() -> Result<libc::pid_t, String> {
+    for e in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
+        let e = e.map_err(|e| format!("/proc: {e}"))?;
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "ksmd") {
+            return Ok(pid);
+        }
+    }
+    Err("no ksmd thread".into())
+}
+
+/// The CPU time `pid` has used, in ns (its CPU-time clock: the scheduler's runtime, not ticks).
+fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is valid for writing.
+    let r = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    check(r == 0, || format!("clock_getcpuclockid({pid}): error {r}"))?;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for writing.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    check(r == 0, || format!("clock_gettime(cpu clock of {pid}): {}", std::io::Error::last_os_error()))?;
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Runs KSM until all `total` pages of `m` are merged, and returns what it cost ksmd.
+///
+/// ksmd's own work, not the wall time, is the measure: ksmd scans `pages_to_scan` pages per batch
+/// and a batch ends with a full scan, so with room for every page in one batch each full scan is
+/// one batch; the 20 ms sleep between batches lets the poll below stop ksmd (`run` = 0) before
+/// the next scan once the merge is done (two full scans: the first records checksums). Its CPU
+/// time then covers the same scans in every run, mirror or not.
+fn merge(m: &Mapping, total: usize) -> Result<MergeCost, String> {
     ksm::reset(total)?;
     ksm::write("max_page_sharing", &(total + 2).to_string())?;
+    ksm::write("sleep_millisecs", "20")?;
     m.madvise(libc::MADV_MERGEABLE)?;
+    let ksmd = ksmd_pid()?;
+    let (scans0, scanned0, cpu0) = (
+        ksm::read("full_scans")?,
+        ksm::read("pages_scanned")?,
+        cpu_ns(ksmd)?,
+    );
     let t0 = Instant::now();
-    ksm::run_until(Duration::from_secs(600), || {
-        Ok(ksm::read("pages_shared")? + ksm::read("pages_sharing")? == total as u64)
-    })?;
-    Ok(t0.elapsed())
+    ksm::write("run", "1")?;
+    let done = loop {
+        let scans = ksm::read("full_scans")? - scans0;
+        if scans >= 2
+            && ksm::read("pages_shared")? + ksm::read("pages_sharing")? == total as u64
+        {
+            break Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            break Err(format!("KSM did not merge {total} pages in 600 s ({scans} full scans)"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    ksm::write("run", "0")?;
+    let wall = t0.elapsed();
+    done?;
+    Ok(MergeCost {
+        wall,
+        ksmd_ns: cpu_ns(ksmd)? - cpu0,
+        full_scans: ksm::read("full_scans")? - scans0,
+        pages_scanned: ksm::read("pages_scanned")? - scanned0,
+    })
+}
+
+fn print_merge(name: &str, n: usize, rep: usize, c: &MergeCost) {
+    println!(
+        "BENCH,ksm_merge,{name},{n},{rep},{},{},{},{}",
+        c.wall.as_micros(),
+        c.ksmd_ns,
+        c.full_scans,
+        c.pages_scanned
+    );
 }
 
 fn mode_name(mode: u32) -> &'static str {
@@ -53,8 +133,7 @@ fn reaccess(n: usize, mode: Option<u32>, rep: usize) -> Result<(), String> {
     let m = Mapping::anon(n + 1)?;
     fill_same(&m, rep as u8);
     let Some(mode) = mode else {
-        let t = merge(&m, n + 1)?;
-        println!("BENCH,ksm_merge,none,{n},{rep},{}", t.as_micros());
+        print_merge("none", n, rep, &merge(&m, n + 1)?);
         return ksm::write("run", "2");
     };
     let name = mode_name(mode);
@@ -62,8 +141,7 @@ fn reaccess(n: usize, mode: Option<u32>, rep: usize) -> Result<(), String> {
     let addr = m.addr + PAGE;
     s.attach(addr, n * PAGE, mode)?;
     s.fault(addr, n * PAGE, true)?;
-    let t = merge(&m, n + 1)?;
-    println!("BENCH,ksm_merge,{name},{n},{rep},{}", t.as_micros());
+    print_merge(name, n, rep, &merge(&m, n + 1)?);
     // Re-access: the table walk (FAULT ioctl) and a read of the data (READ ioctl).
     for phase in ["merge", "cow"] {
         if phase == "cow" {
@@ -201,12 +279,7 @@ fn dmirror_read(fd: i32, addr: usize, buf: &mut [u8]) -> Result<u64, String> {
 }
 
 /// shadowpt against test_hmm's dmirror on the same pages: first touch, and re-read after a merge.
-fn versus_hmm(n: usize, rep: usize) -> Result<(), String> {
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/hmm_dmirror0")
-        .map_err(|e| format!("/dev/hmm_dmirror0: {e}"))?;
+fn versus_hmm(n: usize, rep: usize, dev: &std::fs::File) -> Result<(), String> {
     let fd = dev.as_raw_fd();
     // Two separate copies of the same workload, so that each mirror faults its own pages.
     let mut buf = vec![0u8; n * PAGE];
@@ -247,6 +320,71 @@ fn versus_hmm(n: usize, rep: usize) -> Result<(), String> {
     ksm::write("run", "2")
 }
 
+/// What a mirror adds to the core mm's operations, measured from outside: the wall time of `n`
+/// COW-breaking writes to `n` merged pages the mirror maps, and of one `MADV_DONTNEED` of `n`
+/// pages it maps, without a mirror, with shadowpt in each mode and with test_hmm's dmirror (KVM's
+/// come from `kvm::bench`). The difference to no mirror is what the mirror's callbacks cost
+/// there: `invalidate_range_start` + `change_pte` + `invalidate_range_end` per COW break, one
+/// invalidation per `MADV_DONTNEED`.
+fn cb_costs(n: usize, rep: usize, hmm: &std::fs::File) -> Result<(), String> {
+    for consumer in ["none", "shadowpt_change_pte", "shadowpt_zap", "dmirror"] {
+        // Page 0 is the partner KSM merges the others with; the mirror covers pages 1..=n.
+        let m = Mapping::anon(n + 1)?;
+        fill_same(&m, rep as u8 ^ 0x3c);
+        let addr = m.addr + PAGE;
+        let len = n * PAGE;
+        let mut buf = vec![0u8; len];
+        let spt = match consumer {
+            "shadowpt_change_pte" | "shadowpt_zap" => {
+                let s = Spt::open()?;
+                let mode = if consumer == "shadowpt_zap" {
+                    MODE_ZAP
+                } else {
+                    MODE_CHANGE_PTE
+                };
+                s.attach(addr, len, mode)?;
+                Some(s)
+            }
+            _ => None,
+        };
+        // Maps every page in the mirror (after the merge: the merged page).
+        let map_all = |buf: &mut [u8]| -> Result<(), String> {
+            if let Some(s) = &spt {
+                s.fault(addr, len, false)?;
+            } else if consumer == "dmirror" {
+                dmirror_read(hmm.as_raw_fd(), addr, buf)?;
+            }
+            Ok(())
+        };
+        merge(&m, n + 1)?;
+        map_all(&mut buf)?;
+        let t0 = Instant::now();
+        for i in 1..=n {
+            m.put(i * PAGE + 1, &[0xee]);
+        }
+        let cow_ns = t0.elapsed().as_nanos();
+        map_all(&mut buf)?;
+        let t0 = Instant::now();
+        Mapping::view(addr, len).madvise(libc::MADV_DONTNEED)?;
+        let dontneed_ns = t0.elapsed().as_nanos();
+        if let Some(s) = &spt {
+            // The mirror saw what it was meant to: every COW break in change_pte mode updated its
+            // entry, and the MADV_DONTNEED zapped all n entries.
+            let st = s.stats()?;
+            if consumer == "shadowpt_change_pte" {
+                check(st.change_pte_updated == n as u64, || {
+                    format!("cb_cost: {} change_pte updates, expected {n}", st.change_pte_updated)
+                })?;
+            }
+            check(st.present == 0, || format!("cb_cost: {} entries left after MADV_DONTNEED", st.present))?;
+        }
+        println!("BENCH,cb_cost,{consumer},cow_break,{n},{rep},{cow_ns},{n}");
+        println!("BENCH,cb_cost,{consumer},dontneed,{n},{rep},{dontneed_ns},1");
+        ksm::write("run", "2")?;
+    }
+    Ok(())
+}
+
 /// `bench [MAX_N]`: the whole benchmark (see Documentation/benchmarks.md).
 pub fn bench(args: &[String]) -> Result<(), String> {
     ensure_loaded()?;
@@ -258,7 +396,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         .map(str::to_string);
     let max: usize = match args.first().cloned().or(from_cmdline) {
         Some(a) => a.parse().map_err(|e| format!("{a}: {e}"))?,
-        None => 262144,
+        None => 65536,
     };
     let uname = sh("uname", &["-r"])?;
     println!("BENCH,machine,{},{}", uname.trim(), num_cpus());
@@ -266,9 +404,13 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         .into_iter()
         .filter(|&n| n <= max)
         .collect();
+    let reps_for = |n: usize| match n {
+        0..=16384 => 5,
+        65536 => 3,
+        _ => 1,
+    };
     for &n in &sizes {
-        let reps = if n >= 262144 { 1 } else { 3 };
-        for rep in 0..reps {
+        for rep in 0..reps_for(n) {
             for mode in [Some(MODE_CHANGE_PTE), Some(MODE_ZAP), None] {
                 let t0 = Instant::now();
                 reaccess(n, mode, rep)?;
@@ -283,13 +425,28 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     for rep in 0..5 {
         zap_cost(rep)?;
     }
-    let _ = sh("insmod", &["/lib/modules/test_hmm.ko"]);
-    for &n in sizes.iter().filter(|&&n| n <= 65536) {
-        for rep in 0..3 {
-            versus_hmm(n, rep)?;
+    sh("insmod", &["/lib/modules/test_hmm.ko"])?;
+    let r = (|| {
+        let hmm = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/hmm_dmirror0")
+            .map_err(|e| format!("/dev/hmm_dmirror0: {e}"))?;
+        for rep in 0..5 {
+            cb_costs(crate::kvm::BENCH_CB_N, rep, &hmm)?;
         }
-    }
-    let _ = sh("rmmod", &["test_hmm"]);
+        for &n in sizes.iter().filter(|&&n| n <= 65536) {
+            for rep in 0..reps_for(n) {
+                versus_hmm(n, rep, &hmm)?;
+            }
+        }
+        Ok::<(), String>(())
+    })();
+    sh("rmmod", &["test_hmm"])?;
+    r?;
+    // KVM: the same N up to 64 Ki (the L2's results area), 3 repetitions.
+    let kvm_sizes: Vec<usize> = sizes.iter().copied().filter(|&n| n <= 65536).collect();
+    crate::kvm::bench(&kvm_sizes, 3)?;
     println!("bench: done");
     Ok(())
 }

@@ -69,9 +69,10 @@ const PARAM_NPT: &str = "/sys/module/kvm_amd/parameters/npt";
 const COMPACTION_PROACTIVENESS: &str = "/proc/sys/vm/compaction_proactiveness";
 
 // Guest physical layout.
-/// Slot 0: the code page (code at 0, parameters at `PARAMS`), then the results area.
+/// Slot 0: the code page (code at 0, parameters at `PARAMS`), then the results area: room for
+/// 64 Ki pages in slot 1 (`make bench`'s largest N).
 const SLOT0_GPA: u64 = 0;
-const SLOT0_SIZE: usize = 8 * PAGE;
+const SLOT0_SIZE: usize = PAGE + 65536 * 4;
 /// Parameters the L2 reads: [PARAMS] = GPA of the word in page 0 of slot 1, [PARAMS + 4] = N.
 const PARAMS: usize = 0xf00;
 /// Results: one 32-bit word per page of slot 1.
@@ -1191,3 +1192,96 @@ fn matrix(full: bool, mainline: bool) -> Result<(), String> {
     println!("kvm_ksm: {:.1?} in all", t0.elapsed());
     ktap::finish()
 }
+
+// ---------------------------------------------------------------------------------------------
+// `make bench`'s KVM section.
+
+/// `make bench`'s KVM measurements (the TDP MMU), printed as `BENCH,` lines for
+/// `scripts/bench-report`: for each N and both `kvm.change_pte` modes, the NPT faults and the wall
+/// time of the L2's read pass over its N pages at first touch, after a KSM merge and after the
+/// host broke copy-on-write on every page (`kvm,STEP,MODE,N,REP,FAULTS,US`); at N = 4096, the wall
+/// time of the host's N COW-breaking writes and of one `MADV_DONTNEED` of the N pages
+/// (`cb_cost,kvm_MODE,OP,N,REP,NS,OPS`), which `bench` measures for the other mirrors too. The
+/// fault counts are asserted as in `kvm_ksm`: a benchmark of wrong behaviour is worthless.
+pub fn bench(sizes: &[usize], reps: usize) -> Result<(), String> {
+    let saved = Saved::take()?;
+    let r = (|| {
+        if Path::new(COMPACTION_PROACTIVENESS).exists() {
+            fs::write(COMPACTION_PROACTIVENESS, "0")
+                .map_err(|e| format!("{COMPACTION_PROACTIVENESS}=0: {e}"))?;
+        }
+        load_kvm(true)?;
+        for &n in sizes {
+            for rep in 0..reps {
+                for keep in [true, false] {
+                    let t0 = Instant::now();
+                    bench_case(n, rep, keep)?;
+                    eprintln!("bench: kvm N={n} change_pte={keep} rep {rep}: {:?}", t0.elapsed());
+                }
+            }
+        }
+        Ok(())
+    })();
+    let cleanup = saved.restore().and(unload_kvm(true));
+    r.and(cleanup)
+}
+
+fn bench_case(n: usize, rep: usize, keep: bool) -> Result<(), String> {
+    let mode = Mode {
+        mmu: "tdp",
+        keep,
+        patched: true,
+    };
+    let name = if keep { "change_pte" } else { "zap" };
+    let w = |s: &str| format!("bench kvm {} N={n} {s}", mode.name());
+    let n64 = n as u64;
+    ksm_reset(n + 1)?;
+    set_change_pte(keep)?;
+    let region = Region::small(n)?;
+    region.fill(&pattern());
+    region.madvise(libc::MADV_MERGEABLE)?;
+    let mut vm = Vm::new(&region, true)?;
+    let same = vec![pattern_word(); n];
+    let timed = |vm: &mut Vm, what: &str, want: &[u32]| -> Result<(Delta, u128), String> {
+        let t0 = Instant::now();
+        let d = vm.read_pass(&w(what), want)?;
+        Ok((d, t0.elapsed().as_micros()))
+    };
+
+    let (d, us) = timed(&mut vm, "first touch", &same)?;
+    vm.expect(&w("first touch"), &d, mode.map_faults(n, true), 0, 0)?;
+    println!("BENCH,kvm,first,{name},{n},{rep},{},{us}", d.faults);
+
+    merge(&w("merge"), || {
+        Ok(ksm::read("pages_shared")? == 1 && ksm::read("pages_sharing")? == n64)
+    })?;
+    let (d, us) = timed(&mut vm, "merged re-read", &same)?;
+    let faults = if keep { 0 } else { mode.map_faults(n, false) };
+    vm.expect(&w("merged re-read"), &d, faults, 0, 0)?;
+    println!("BENCH,kvm,merged_reread,{name},{n},{rep},{},{us}", d.faults);
+
+    let t0 = Instant::now();
+    for i in 0..n {
+        region.set_word(i, cow_word(i));
+    }
+    let cow_ns = t0.elapsed().as_nanos();
+    let cows: Vec<u32> = (0..n).map(cow_word).collect();
+    let (d, us) = timed(&mut vm, "COW re-read", &cows)?;
+    let faults = if keep { 0 } else { mode.map_faults(n, true) };
+    vm.expect(&w("COW re-read"), &d, faults, 0, 0)?;
+    println!("BENCH,kvm,cow_reread,{name},{n},{rep},{},{us}", d.faults);
+
+    // Every SPTE is present again: one invalidation zaps them all.
+    let t0 = Instant::now();
+    region.madvise(libc::MADV_DONTNEED)?;
+    let dontneed_ns = t0.elapsed().as_nanos();
+    if n == BENCH_CB_N {
+        println!("BENCH,cb_cost,kvm_{name},cow_break,{n},{rep},{cow_ns},{n}");
+        println!("BENCH,cb_cost,kvm_{name},dontneed,{n},{rep},{dontneed_ns},1");
+    }
+    vm.quit()
+}
+
+/// The N at which `make bench` compares what each mirror adds to a COW break and a
+/// `MADV_DONTNEED`.
+pub const BENCH_CB_N: usize = 4096;
