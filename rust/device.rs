@@ -20,7 +20,7 @@ use crate::{
     debugfs,
     mirror::{pages, FaultContext, Mirror, Mode},
     stats::{Stats, ATTACHMENTS},
-    table::{ADDRESS_LIMIT, LEAF_SPAN},
+    table::{leaf_end, ADDRESS_LIMIT},
     uapi,
 };
 use kernel::{
@@ -263,10 +263,7 @@ impl ShadowPtFile {
             }
             if addr >= batched_to {
                 let page = addr & !(PAGE_SIZE - 1);
-                batched_to = core::cmp::min(
-                    end.next_multiple_of(PAGE_SIZE),
-                    (page | (LEAF_SPAN - 1)).saturating_add(1),
-                );
+                batched_to = leaf_end(page, end.next_multiple_of(PAGE_SIZE));
                 // Errors are reported by the copy below, at their page.
                 let _ = mirror.populate(page, batched_to, write, &mut ctx, &mut faults);
             }

@@ -39,7 +39,7 @@
 
 use crate::{
     stats::{Counter, Stats},
-    table::{Entry, NodeCache, Table, LEAF_SPAN},
+    table::{leaf_end, Entry, NodeCache, Table},
     uapi,
 };
 use kernel::{
@@ -273,7 +273,7 @@ impl Mirror {
         };
         let mut addr = start;
         while addr < end {
-            let leaf_end = core::cmp::min(end, (addr | (LEAF_SPAN - 1)).saturating_add(1));
+            let span_end = leaf_end(addr, end);
             // The run to fault: from the first page of this leaf table the table lacks to the
             // next one it has.
             let (first, stop, seq) = {
@@ -281,14 +281,14 @@ impl Mirror {
                 if inner.dead {
                     return Err(FaultError::at(addr, ENXIO));
                 }
-                let first = inner.table.first_failing(addr, leaf_end, satisfied);
-                if first >= leaf_end {
-                    addr = leaf_end;
+                let first = inner.table.first_failing(addr, span_end, satisfied);
+                if first >= span_end {
+                    addr = span_end;
                     continue;
                 }
                 let stop = inner
                     .table
-                    .first_failing(first, leaf_end, |e| !satisfied(e));
+                    .first_failing(first, span_end, |e| !satisfied(e));
                 (first, stop, inner.seq)
             };
             let pages = &mut ctx.pages;

@@ -23,7 +23,12 @@ const LEVEL_BITS: usize = 9;
 /// Number of levels; the root is level `LEVELS - 1`.
 pub(crate) const LEVELS: usize = 4;
 /// Bytes mapped by one leaf table (2 MiB).
-pub(crate) const LEAF_SPAN: usize = 1 << (PAGE_SHIFT + LEVEL_BITS);
+const LEAF_SPAN: usize = 1 << (PAGE_SHIFT + LEVEL_BITS);
+
+/// The end of the span of the leaf table that maps `addr`, or `end` if that comes first.
+pub(crate) fn leaf_end(addr: usize, end: usize) -> usize {
+    core::cmp::min(end, (addr | (LEAF_SPAN - 1)).saturating_add(1))
+}
 /// First address the table cannot map (48-bit user address space).
 pub(crate) const ADDRESS_LIMIT: usize = 1 << (PAGE_SHIFT + LEVEL_BITS * LEVELS);
 
@@ -269,8 +274,7 @@ impl Table {
         end: usize,
         ok: impl Fn(Entry) -> bool,
     ) -> usize {
-        let span_end = (start | (LEAF_SPAN - 1)).saturating_add(1);
-        let stop = core::cmp::min(end, span_end);
+        let stop = leaf_end(start, end);
         let Some(slots) = self.leaf(start) else {
             return if ok(Entry::NONE) { stop } else { start };
         };

@@ -71,8 +71,8 @@ fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
 ///
 /// ksmd's own work, not the wall time, is the measure: ksmd scans `pages_to_scan` pages per batch
 /// and a batch ends with a full scan, so with room for every page in one batch each full scan is
-/// one batch; the 20 ms sleep between batches lets the poll below stop ksmd (`run` = 0) before
-/// the next scan once the merge is done (two full scans: the first records checksums). Its CPU
+/// one batch; the 20 ms sleep between batches lets `ksm::run_until` (which polls every 5 ms)
+/// stop ksmd (`run` = 0) before the next scan once the merge is done (two full scans: the first records checksums). Its CPU
 /// time then covers the same scans in every run, mirror or not.
 fn merge(m: &Mapping, total: usize) -> Result<MergeCost, String> {
     ksm::reset(total)?;
@@ -86,22 +86,10 @@ fn merge(m: &Mapping, total: usize) -> Result<MergeCost, String> {
         cpu_ns(ksmd)?,
     );
     let t0 = Instant::now();
-    ksm::write("run", "1")?;
-    let done = loop {
-        let scans = ksm::read("full_scans")? - scans0;
-        if scans >= 2
-            && ksm::read("pages_shared")? + ksm::read("pages_sharing")? == total as u64
-        {
-            break Ok(());
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            break Err(format!("KSM did not merge {total} pages in 600 s ({scans} full scans)"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    ksm::write("run", "0")?;
+    ksm::run_until(Duration::from_secs(600), || {
+        Ok(ksm::read("pages_shared")? + ksm::read("pages_sharing")? == total as u64)
+    })?;
     let wall = t0.elapsed();
-    done?;
     Ok(MergeCost {
         wall,
         ksmd_ns: cpu_ns(ksmd)? - cpu0,
