@@ -20,7 +20,7 @@ use crate::{
     debugfs,
     mirror::{pages, FaultContext, Mirror, Mode},
     stats::{Stats, ATTACHMENTS},
-    table::{leaf_end, ADDRESS_LIMIT},
+    table::{leaf_end, ADDRESS_LIMIT, FANOUT},
     uapi,
 };
 use kernel::{
@@ -133,6 +133,86 @@ fn refine_fault_error(mm: &MmWithUser, addr: usize, write: bool, err: Error) -> 
     }
 }
 
+/// `READ`: copies `[req.addr, req.addr + req.length)` to `req.buf` through the table, faulting
+/// in what is missing; returns the faults taken.
+///
+/// Works a leaf table's span at a time: fault what the span lacks (one lookup for the run), take
+/// a reference on the pages of the entries (one lock acquisition), then copy each page straight
+/// to user space, which may fault on the destination and sleep. Where an entry is missing after
+/// all (the batch stopped at an error, or an invalidation zapped it meanwhile), that one page is
+/// faulted alone, and its error is the ioctl's.
+fn read_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
+    let mut ctx = FaultContext::new();
+    let mut pages = KVec::with_capacity(FANOUT, GFP_KERNEL)?;
+    let mut faults = 0u64;
+    let end = req.addr + req.length;
+    let end_page = end.next_multiple_of(PAGE_SIZE);
+    let mut addr = req.addr;
+    while addr < end {
+        let page = addr & !(PAGE_SIZE - 1);
+        let span_end = leaf_end(page, end_page);
+        // Errors are reported at their page, by the single fault below.
+        let _ = mirror.populate(page, span_end, false, &mut ctx, &mut faults);
+        let stop = mirror.get_pages(page, span_end, &mut pages)?;
+        let mut page_addr = page;
+        for user_page in pages.drain_all() {
+            let to = core::cmp::min(end, page_addr + PAGE_SIZE);
+            // `addr - req.addr < req.length`: `wrapping_byte_add` only matters for a `req.buf`
+            // near the top of the address space, which `copy_to_user()` refuses.
+            let dst = UserPtr::from_addr(req.buf).wrapping_byte_add(addr - req.addr);
+            user_page.copy_to_user(addr - page_addr, dst, to - addr)?;
+            addr = to;
+            page_addr += PAGE_SIZE;
+        }
+        if stop == page {
+            if mirror
+                .fault(page, false, &mut ctx)
+                .map_err(|e| refine_fault_error(mm, page, false, e))?
+            {
+                faults += 1;
+            }
+        }
+    }
+    Ok(faults)
+}
+
+/// `WRITE`: copies `req.buf` to `[req.addr, req.addr + req.length)` through the table, faulting
+/// in (writable) what is missing; returns the faults taken.
+///
+/// Page by page through a bounce buffer: the data of a page is read from user space before the
+/// table is touched (so that a write from a bad buffer maps nothing), and written into the page
+/// under the table's lock, which keeps the entry writable for the copy.
+fn write_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
+    let mut reader = UserSlice::new(UserPtr::from_addr(req.buf), req.length).reader();
+    let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+    let mut ctx = FaultContext::new();
+    let mut faults = 0u64;
+    let mut addr = req.addr;
+    let end = req.addr + req.length;
+    // Faults come in batches: at the first page of each leaf table's span, once the data for
+    // that page is in hand, what the table lacks up to the end of the span or of the request.
+    // Where a batch stops, or whatever an invalidation zaps meanwhile, the copy faults page by
+    // page and reports the error at the page where it happens.
+    let mut batched_to = addr;
+    while addr < end {
+        let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
+        let buf = &mut bounce[..chunk];
+        reader.read_slice(buf)?;
+        let buf = &*buf;
+        if addr >= batched_to {
+            let page = addr & !(PAGE_SIZE - 1);
+            batched_to = leaf_end(page, end.next_multiple_of(PAGE_SIZE));
+            // Errors are reported by the copy below, at their page.
+            let _ = mirror.populate(page, batched_to, true, &mut ctx, &mut faults);
+        }
+        faults += mirror
+            .write(addr, buf, &mut ctx)
+            .map_err(|e| refine_fault_error(mm, addr, true, e))?;
+        addr += chunk;
+    }
+    Ok(faults)
+}
+
 impl ShadowPtFile {
     /// The attachment, checked to belong to the caller's address space.
     fn get(&self) -> Result<Arc<Attachment>> {
@@ -242,39 +322,11 @@ impl ShadowPtFile {
         }
         let mirror = attachment.mirror();
         mirror.check_range(req.addr, req.length)?;
-        let user = UserSlice::new(UserPtr::from_addr(req.buf), req.length);
-        let (mut reader, mut writer) = user.reader_writer();
-        let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
-        let mut ctx = FaultContext::new();
-        let mut faults = 0u64;
-        let mut addr = req.addr;
-        let end = req.addr + req.length;
-        // Faults come in batches: at the first page of each leaf table's span, once the data
-        // for that page is in hand (so that a write from a bad buffer maps nothing), what the
-        // table lacks up to the end of the span or of the request. Where a batch stops, or
-        // whatever an invalidation zaps meanwhile, the copy faults page by page and reports the
-        // error at the page where it happens.
-        let mut batched_to = addr;
-        while addr < end {
-            let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
-            let buf = &mut bounce[..chunk];
-            if write {
-                reader.read_slice(buf)?;
-            }
-            if addr >= batched_to {
-                let page = addr & !(PAGE_SIZE - 1);
-                batched_to = leaf_end(page, end.next_multiple_of(PAGE_SIZE));
-                // Errors are reported by the copy below, at their page.
-                let _ = mirror.populate(page, batched_to, write, &mut ctx, &mut faults);
-            }
-            faults += mirror
-                .read_write(addr, buf, write, &mut ctx)
-                .map_err(|e| refine_fault_error(mm, addr, write, e))?;
-            if !write {
-                writer.write_slice(buf)?;
-            }
-            addr += chunk;
-        }
+        let faults = if write {
+            write_pages(mirror, mm, &req)?
+        } else {
+            read_pages(mirror, mm, &req)?
+        };
         uapi::write(arg, &req.reply(faults))?;
         Ok(0)
     }

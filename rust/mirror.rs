@@ -22,8 +22,8 @@
 //! An installed entry therefore always maps the page the primary page table mapped at some point
 //! after the last invalidation of its address ended, and every later change of that primary entry
 //! goes through an invalidation that zaps it (or a `change_pte` that updates it) before the old
-//! page can be freed. That is what makes the `unsafe` page accesses in [`Mirror::read_write`]
-//! sound.
+//! page can be freed. That is what makes the `unsafe` page accesses in [`Mirror::write`] and
+//! [`Mirror::get_pages`] sound.
 //!
 //! # Locking
 //!
@@ -39,7 +39,7 @@
 
 use crate::{
     stats::{Counter, Stats},
-    table::{leaf_end, Entry, NodeCache, Table},
+    table::{leaf_end, Entry, NodeCache, Table, FANOUT},
     uapi,
 };
 use kernel::{
@@ -374,16 +374,53 @@ impl Mirror {
         Ok(faults > 0)
     }
 
-    /// Copies between `buf` and the attachment at `addr` through the table, one page at a time
-    /// (`addr..addr + buf.len()` must lie in one page and inside the attachment). Absent or
-    /// read-only entries are faulted in first. Returns the number of faults taken.
-    pub(crate) fn read_write(
+    /// Takes a reference on the page of each present entry from `start` (page aligned, inside
+    /// the attachment) up to the first absent entry, `end` or the end of `start`'s leaf table,
+    /// whichever comes first, appends the pages to `pages` and marks their entries accessed.
+    /// Returns where it stopped: `start` if its entry is absent.
+    ///
+    /// This is how the table's pages are read out to user space: the copy may fault and sleep,
+    /// so it cannot be done with `inner` held; the references keep the pages from being freed
+    /// until it is done. One lock acquisition covers the whole run. Does not sleep.
+    ///
+    /// # Errors
+    ///
+    /// `ENXIO` once the address space is gone; `ENOMEM` if `pages` has no room for a leaf
+    /// table's worth of pages ([`FANOUT`]), which the caller reserves ahead.
+    pub(crate) fn get_pages(
         &self,
-        addr: usize,
-        buf: &mut [u8],
-        write: bool,
-        ctx: &mut FaultContext,
-    ) -> Result<u64> {
+        start: usize,
+        end: usize,
+        pages: &mut KVec<UserPage>,
+    ) -> Result<usize> {
+        if pages.capacity() - pages.len() < FANOUT {
+            return Err(ENOMEM);
+        }
+        let mut inner = self.inner.lock();
+        if inner.dead {
+            return Err(ENXIO);
+        }
+        let stop = inner.table.first_failing(start, end, |e| e.present());
+        let mut res = Ok(());
+        inner.table.for_each_present(start, stop, |entry| {
+            if res.is_ok() {
+                // SAFETY: The entry is present and `inner` is held: by the type invariant its
+                // frame stays allocated to the process's mapping until an invalidation zaps the
+                // entry or a `change_pte` moves it, and both need `inner`.
+                res = unsafe { UserPage::from_pfn(entry.pfn()) }.and_then(|page| {
+                    // At most `FANOUT` pages, which `pages` has room for (checked above).
+                    pages.push_within_capacity(page).map_err(|_| ENOMEM)
+                });
+            }
+            entry.touched(false)
+        });
+        res.map(|()| stop)
+    }
+
+    /// Copies `buf` into the attachment at `addr` through the table (`addr..addr + buf.len()`
+    /// must lie in one page and inside the attachment). An absent or read-only entry is faulted
+    /// in writable first. Returns the number of faults taken.
+    pub(crate) fn write(&self, addr: usize, buf: &[u8], ctx: &mut FaultContext) -> Result<u64> {
         let page_addr = addr & !(PAGE_SIZE - 1);
         let offset = addr - page_addr;
         let mut faults = 0;
@@ -394,26 +431,20 @@ impl Mirror {
                     return Err(ENXIO);
                 }
                 let entry = inner.table.lookup(page_addr);
-                if entry.present() && (!write || entry.writable()) {
-                    if write {
-                        // SAFETY: The entry is present and writable and `inner` is held. The
-                        // frame can only be freed after an invalidation of the address zapped
-                        // the entry in `invalidate_range_start` or a `change_pte` moved it, and
-                        // both need `inner`; a writable entry is never kept through a flagged
-                        // range's start without `change_pte` making it read-only first. So the
-                        // frame stays the process's page, writable by it and marked dirty (see
-                        // `fault`), for the whole copy.
-                        unsafe { gup::copy_to_pfn(entry.pfn(), offset, buf)? };
-                    } else {
-                        // SAFETY: As above: the entry is present and `inner` is held, so the
-                        // frame is not freed before the copy ends.
-                        unsafe { gup::copy_from_pfn(entry.pfn(), offset, buf)? };
-                    }
-                    inner.table.update(page_addr, |e| e.touched(write));
+                if entry.present() && entry.writable() {
+                    // SAFETY: The entry is present and writable and `inner` is held. The frame
+                    // can only be freed after an invalidation of the address zapped the entry in
+                    // `invalidate_range_start` or a `change_pte` moved it, and both need
+                    // `inner`; a writable entry is never kept through a flagged range's start
+                    // without `change_pte` making it read-only first. So the frame stays the
+                    // process's page, writable by it and marked dirty (see `populate`), for the
+                    // whole copy.
+                    unsafe { gup::copy_to_pfn(entry.pfn(), offset, buf)? };
+                    inner.table.update(page_addr, |e| e.touched(true));
                     return Ok(faults);
                 }
             }
-            if self.fault(page_addr, write, ctx)? {
+            if self.fault(page_addr, true, ctx)? {
                 faults += 1;
             }
         }

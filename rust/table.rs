@@ -17,7 +17,7 @@
 use kernel::{page::PAGE_SHIFT, prelude::*};
 
 /// Entries per table.
-const FANOUT: usize = 512;
+pub(crate) const FANOUT: usize = 512;
 /// Address bits translated by one level.
 const LEVEL_BITS: usize = 9;
 /// Number of levels; the root is level `LEVELS - 1`.
