@@ -122,11 +122,45 @@ enum Slots {
 ///
 /// `count` is the number of `Some` slots of a `Dir`, or of present entries of a `Leaf`;
 /// `present` is the number of present leaf entries in this table's subtree (`count` for a
-/// leaf). A child table may be empty (`present == 0`) until [`Table::prune`] frees it.
+/// leaf). A child table may be empty (`present == 0`) until [`Table::prune`] frees it. In a
+/// `Dir`, bit `i` of `live` is set if and only if slot `i` holds a child with `present > 0`
+/// (a leaf's `live` is all zero).
 struct Node {
     count: usize,
     present: usize,
+    /// The slots whose subtrees hold present entries: a walk finds them a word at a time
+    /// instead of looking at all 512 slots of a sparse table.
+    live: LiveSlots,
     slots: Slots,
+}
+
+/// One bit per slot of a table.
+type LiveSlots = [u64; FANOUT / 64];
+
+/// Calls `f` on each slot index in `first..last` whose bit is set in `live`, in order; stops
+/// when `f` returns `false`.
+fn for_each_live(live: &LiveSlots, first: usize, last: usize, mut f: impl FnMut(usize) -> bool) {
+    let mut i = first;
+    while i < last {
+        let word = live[i / 64] >> (i % 64);
+        if word == 0 {
+            i = (i / 64 + 1) * 64;
+            continue;
+        }
+        i += word.trailing_zeros() as usize;
+        if i >= last || !f(i) {
+            return;
+        }
+        i += 1;
+    }
+}
+
+fn set_live(live: &mut LiveSlots, i: usize) {
+    live[i / 64] |= 1 << (i % 64);
+}
+
+fn clear_live(live: &mut LiveSlots, i: usize) {
+    live[i / 64] &= !(1 << (i % 64));
 }
 
 impl Node {
@@ -138,6 +172,7 @@ impl Node {
             Node {
                 count: 0,
                 present: 0,
+                live: [0; FANOUT / 64],
                 slots: Slots::Dir(slots),
             },
             GFP_KERNEL_ACCOUNT,
@@ -150,6 +185,7 @@ impl Node {
             Node {
                 count: 0,
                 present: 0,
+                live: [0; FANOUT / 64],
                 slots: Slots::Leaf(slots),
             },
             GFP_KERNEL_ACCOUNT,
@@ -348,6 +384,9 @@ impl Table {
         let mut level = LEVELS - 1;
         while level > 0 {
             node.present += added;
+            if added != 0 {
+                set_live(&mut node.live, index(addr, level));
+            }
             let Slots::Dir(slots) = &mut node.slots else {
                 return Err(EINVAL);
             };
@@ -407,15 +446,18 @@ impl Table {
                 node.count -= cleared;
             }
             Slots::Dir(slots) => {
-                for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
-                    if cleared == node.present {
-                        break;
-                    }
-                    let Some(child) = slot else { continue };
-                    if child.present > 0 {
+                let live = &mut node.live;
+                let present = node.present;
+                for_each_live(&live.clone(), first, last, |i| {
+                    // A live slot holds a child (the invariant); `cleared` only grows.
+                    if let Some(child) = slots[i].as_deref_mut() {
                         cleared += Self::zap_node(child, level - 1, base + i * span, start, end);
+                        if child.present == 0 {
+                            clear_live(live, i);
+                        }
                     }
-                }
+                    cleared < present
+                });
             }
         }
         node.present -= cleared;
@@ -491,11 +533,12 @@ impl Table {
                 }
             }
             Slots::Dir(slots) => {
-                for (i, slot) in slots.iter_mut().enumerate().take(last).skip(first) {
-                    if let Some(child) = slot.as_deref_mut().filter(|c| c.present > 0) {
+                for_each_live(&node.live, first, last, |i| {
+                    if let Some(child) = slots[i].as_deref_mut() {
                         Self::walk_node(child, level - 1, base + i * span, start, end, f);
                     }
-                }
+                    true
+                });
             }
         }
     }
@@ -591,6 +634,33 @@ mod tests {
         // An empty range and a range without tables cost nothing and change nothing.
         assert_eq!(t.zap(PAGE, PAGE).entries, 0);
         assert_eq!(t.prune(), 0);
+        Ok(())
+    }
+
+    /// A sparse directory: walks and zaps find the live slots across the words of its bitmap
+    /// (slots 0, 63, 64 and 511), clear only what their range covers, and a slot emptied by a
+    /// zap is found again once it maps something.
+    #[test]
+    fn sparse_walks_find_live_slots() -> Result {
+        let leaf = slot_span(1);
+        let addrs = [0, 63 * leaf, 64 * leaf, 511 * leaf + 5 * PAGE];
+        let mut t = table_with(&addrs)?;
+        let mut seen = KVec::new();
+        t.for_each_present(0, slot_span(2), |e| {
+            // The closure cannot fail; a full vector would only lose test data.
+            let _ = seen.push(e.pfn(), GFP_KERNEL);
+            e
+        });
+        assert_eq!(&seen[..], &[1, 2, 3, 4]);
+        assert_eq!(t.zap(64 * leaf, slot_span(2)).entries, 2);
+        assert_eq!(t.present(), 2);
+        assert!(t.lookup(63 * leaf).present());
+        let mut cache = NodeCache::new();
+        cache.top_up()?;
+        t.install(511 * leaf, entry(7), &mut cache)?;
+        assert_eq!(t.zap(leaf, slot_span(2)).entries, 2);
+        assert_eq!(t.present(), 1);
+        assert_eq!(t.lookup(0).pfn(), 1);
         Ok(())
     }
 
