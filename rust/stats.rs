@@ -99,6 +99,10 @@ impl Stats {
     /// Sets a gauge to `v`, adjusting the global gauge by the difference.
     pub(crate) fn set_gauge(&self, c: Counter, v: u64) {
         let old = self.get(c).load(Relaxed);
+        // Most callbacks leave the table's size as it was: no atomic operation then.
+        if v == old {
+            return;
+        }
         self.get(c).store(v, Relaxed);
         if v >= old {
             GLOBAL.get(c).fetch_add(v - old, Relaxed);
