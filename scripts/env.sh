@@ -13,6 +13,8 @@
 : "${LIBCLANG_PATH:=/usr/lib/llvm-19/lib}"
 BINDGEN_VERSION=0.72.1
 : "${SHADOWPT_BINDGEN:=$SHADOWPT_CACHE/tools/bin/bindgen}"
+# sparse for check-series, built by setup (SHADOWPT_SETUP_SERIES=1).
+: "${SHADOWPT_SPARSE:=$SHADOWPT_CACHE/tools/bin/sparse}"
 # SHADOWPT_VARIANT selects a variant of the test kernel: its fragment qemu-test/<variant>.config
 # is applied on top of kernel.config. `kasan` (scripts/check-kasan) is built by clang:
 # SHADOWPT_LLVM is the LLVM= suffix the kernel and module builds get. `bench` (qemu-test/bench)
@@ -29,5 +31,5 @@ else
 	SHADOWPT_LLVM=
 fi
 export SHADOWPT_CACHE SHADOWPT_RUSTC SHADOWPT_RUSTDOC SHADOWPT_RUST_SRC LIBCLANG_PATH SHADOWPT_BINDGEN
-export SHADOWPT_CARGO SHADOWPT_RUSTFMT
+export SHADOWPT_CARGO SHADOWPT_RUSTFMT SHADOWPT_SPARSE
 export SHADOWPT_VARIANT SHADOWPT_LLVM
