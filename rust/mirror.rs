@@ -158,6 +158,8 @@ pub(crate) struct Mirror {
     mode: Mode,
     /// Most tables the table may use (0: no limit), from the `max_table_pages` parameter.
     max_pages: u64,
+    /// Whether the callbacks time themselves into the `_ns` counters (`time_callbacks`).
+    timed: bool,
     #[pin]
     inner: SpinLock<Inner>,
     stats: Arc<Stats>,
@@ -191,6 +193,7 @@ impl Mirror {
             end,
             mode,
             max_pages: crate::module_parameters::max_table_pages.value(),
+            timed: crate::module_parameters::time_callbacks.value() != 0,
             inner <- new_spinlock!(
                 Inner {
                     table,
@@ -502,6 +505,12 @@ impl Mirror {
         self.inner.lock().detaching = true;
     }
 
+    /// The start time of a callback if callbacks are timed (`time_callbacks`), else `None`:
+    /// the two clock reads are most of a callback's fixed cost.
+    fn clock(&self) -> Option<Instant<Monotonic>> {
+        self.timed.then(Instant::<Monotonic>::now)
+    }
+
     /// Whether `range` intersects the attachment.
     fn overlaps(&self, range: &Range) -> bool {
         range.start() < self.end && range.end() > self.start
@@ -542,7 +551,7 @@ impl MmuNotifier for Mirror {
         if !self.overlaps(range) {
             return Ok(());
         }
-        let t0 = Instant::<Monotonic>::now();
+        let t0 = self.clock();
         let mut inner = self.inner.lock();
         inner.in_progress = inner.in_progress.saturating_add(1);
         if inner.in_progress == 1 {
@@ -596,36 +605,39 @@ impl MmuNotifier for Mirror {
             return;
         }
         self.stats.inc(Counter::change_pte);
-        let t0 = Instant::<Monotonic>::now();
+        let t0 = self.clock();
         let mut inner = self.inner.lock();
         // The contract: always inside a flagged invalidation of this address.
         warn_on!(!(inner.in_progress > 0 && address >= inner.inv_start && address < inner.inv_end));
-        let old = inner.table.lookup(address);
-        let counter = if !old.present() {
-            Counter::change_pte_absent
-        } else if !pte.present() || (old.writable() && pte.pfn() != old.pfn()) {
-            // A writable entry must never move to a new page: its writes would be lost.
-            inner.table.zap(address, address + PAGE_SIZE);
-            Counter::change_pte_illegal
-        } else {
+        let mut counter = Counter::change_pte_updated;
+        // One walk: `update` hands the old entry over and stores what we return.
+        let old = inner.table.update(address, |old| {
+            if !pte.present() || (old.writable() && pte.pfn() != old.pfn()) {
+                // A writable entry must never move to a new page: its writes would be lost.
+                counter = Counter::change_pte_illegal;
+                return Entry::NONE;
+            }
+            // The broken build skips the moves to a new page (and counts them as updates), as
+            // if it could not handle them.
+            if cfg!(shadowpt_break = "skip_update") && pte.pfn() != old.pfn() {
+                return old;
+            }
             // Dirty is carried over; the zero page is never dirty through us.
             let dirty =
                 !pte.zero_page() && ((old.dirty() && old.pfn() == pte.pfn()) || pte.dirty());
             // Read-only, whatever `pte` allows (KVM's policy before 6.10, and the contract's):
             // a writable entry must come with the page marked dirty, which only the fault path
             // does, holding a reference on the page. A later write through the table faults and
-            // upgrades the entry.
+            // upgrades the entry. Update or zap: never leave the kept entry as it was.
             let writable = cfg!(shadowpt_break = "writable_install") && pte.writable();
-            // Update or zap: never leave the kept entry as it was. The broken build skips the
-            // moves to a new page (and counts them as updates), as if it could not handle them.
-            if !(cfg!(shadowpt_break = "skip_update") && pte.pfn() != old.pfn()) {
-                inner.table.update(address, |_| {
-                    Entry::new(pte.pfn(), pte.zero_page(), writable, old.accessed(), dirty)
-                });
-            }
-            Counter::change_pte_updated
-        };
-        self.update_gauges(&inner);
+            Entry::new(pte.pfn(), pte.zero_page(), writable, old.accessed(), dirty)
+        });
+        if !old.present() {
+            counter = Counter::change_pte_absent;
+        } else if matches!(counter, Counter::change_pte_illegal) {
+            // The entry was zapped: the table shrank.
+            self.update_gauges(&inner);
+        }
         drop(inner);
         self.stats.inc(counter);
         self.stats.add(Counter::change_pte_ns, nanos(t0));
@@ -662,9 +674,9 @@ impl MmuNotifier for Mirror {
     }
 }
 
-/// Nanoseconds since `t0`.
-fn nanos(t0: Instant<Monotonic>) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0)
+/// Nanoseconds since `t0`, or 0 for an untimed call.
+fn nanos(t0: Option<Instant<Monotonic>>) -> u64 {
+    t0.map_or(0, |t0| u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0))
 }
 
 /// Pages of `len` bytes (rounded down).

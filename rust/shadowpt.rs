@@ -36,6 +36,10 @@ module! {
             default: 32_837,
             description: "Most 4 KiB tables one attachment may use (0: no limit; default: enough for the largest attachment); faults beyond it fail with ENOMEM",
         },
+        time_callbacks: u32 {
+            default: 0,
+            description: "Nonzero: time invalidate_range_start and change_pte into the invalidate_ns and change_pte_ns counters of attachments created from then on (two clock reads per call); 0 (default): those counters stay 0",
+        },
     },
 }
 

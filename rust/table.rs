@@ -322,18 +322,19 @@ impl Table {
     }
 
     /// Replaces the present entry mapping `addr` with `f(entry)`, which must be present or
-    /// [`Entry::NONE`]. Returns the old entry; does nothing and returns `Entry::NONE` if `addr`
-    /// is not mapped.
+    /// [`Entry::NONE`]. Returns the old entry; does nothing (and does not call `f`) and returns
+    /// `Entry::NONE` if `addr` is not mapped. One walk, unless `f` clears the entry.
     pub(crate) fn update(&mut self, addr: usize, f: impl FnOnce(Entry) -> Entry) -> Entry {
-        let old = self.lookup(addr);
+        let Some(slot) = Self::leaf_slot(&mut self.root, addr) else {
+            return Entry::NONE;
+        };
+        let old = Entry(*slot);
         if !old.present() {
             return Entry::NONE;
         }
         let new = f(old);
         if new.present() {
-            if let Some(slot) = Self::leaf_slot(&mut self.root, addr) {
-                *slot = new.0;
-            }
+            *slot = new.0;
         } else {
             self.zap(addr, addr + (1 << PAGE_SHIFT));
         }
