@@ -16,6 +16,9 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+/// Repetitions of the KSM-cost experiment: its spread is that of ksmd's scans.
+const KSM_REPS: usize = 10;
+
 fn us(t: Instant) -> u128 {
     t.elapsed().as_micros()
 }
@@ -63,7 +66,12 @@ fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
     };
     // SAFETY: `ts` is valid for writing.
     let r = unsafe { libc::clock_gettime(clock, &mut ts) };
-    check(r == 0, || format!("clock_gettime(cpu clock of {pid}): {}", std::io::Error::last_os_error()))?;
+    check(r == 0, || {
+        format!(
+            "clock_gettime(cpu clock of {pid}): {}",
+            std::io::Error::last_os_error()
+        )
+    })?;
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
@@ -175,6 +183,89 @@ fn reaccess(n: usize, mode: Option<u32>, rep: usize) -> Result<(), String> {
         st.change_pte, st.change_pte_ns, st.invalidate_start, st.invalidate_ns, st.zapped
     );
     ksm::write("run", "2")
+}
+
+/// KSM's cost with a mirror: one merge of `n` identical pages with no notifier (`none`), with a
+/// shadowpt attachment elsewhere in the process (`elsewhere`: the MMU notifier core calls the
+/// callbacks, which return at once, so this is the cost of having a notifier at all), and with
+/// a change_pte and a zap mirror of the pages, measured as ksmd's CPU time, its full scans and
+/// the pages it scanned; the mirrors' callback calls (`invalidate_range_start` + `change_pte`).
+/// `make bench` runs this in a boot of its own under QEMU's `-icount`, where guest time counts
+/// guest instructions: TCG wall time scatters ksmd's CPU time by a third from one merge to the
+/// next, icount by about 1%.
+fn ksm_cost(n: usize, rep: usize) -> Result<(), String> {
+    for mode in ["none", "elsewhere", "change_pte", "zap"] {
+        let m = Mapping::anon(n)?;
+        fill_same(&m, rep as u8 ^ 0x3c);
+        let s = Spt::open()?;
+        // `elsewhere`: 16 mirrored pages of their own, which KSM does not merge.
+        let other = Mapping::anon(16)?;
+        match mode {
+            "change_pte" | "zap" => {
+                s.attach(
+                    m.addr,
+                    m.len,
+                    if mode == "zap" {
+                        MODE_ZAP
+                    } else {
+                        MODE_CHANGE_PTE
+                    },
+                )?;
+                s.fault(m.addr, m.len, true)?;
+            }
+            "elsewhere" => {
+                fill_same(&other, 0x77);
+                s.attach(other.addr, other.len, MODE_CHANGE_PTE)?;
+                s.fault(other.addr, other.len, true)?;
+            }
+            _ => {}
+        }
+        let attached = mode != "none";
+        let st = if attached { Some(s.stats()?) } else { None };
+        let c = merge(&m, n)?;
+        let calls = match st {
+            Some(st) => {
+                let d = s.stats()?;
+                d.invalidate_start + d.change_pte - st.invalidate_start - st.change_pte
+            }
+            None => 0,
+        };
+        println!(
+            "BENCH,ksm_cost,{mode},{n},{rep},{},{},{},{},{calls}",
+            c.wall.as_micros(),
+            c.ksmd_ns,
+            c.full_scans,
+            c.pages_scanned
+        );
+        ksm::write("run", "2")?;
+    }
+    Ok(())
+}
+
+/// Seconds since boot.
+fn uptime() -> Result<f64, String> {
+    let s = std::fs::read_to_string("/proc/uptime").map_err(|e| format!("/proc/uptime: {e}"))?;
+    s.split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("/proc/uptime: {s:?}"))
+}
+
+/// Reloads shadowpt.ko, timing its callbacks (`time_callbacks`) or not.
+fn reload(timed: bool) -> Result<(), String> {
+    ensure_unloaded()?;
+    sh(
+        "insmod",
+        &[
+            MODULE,
+            if timed {
+                "time_callbacks=1"
+            } else {
+                "time_callbacks=0"
+            },
+        ],
+    )?;
+    Ok(())
 }
 
 /// ns per zapped entry: one MADV_DONTNEED over `n` present entries; and the sparse case: a
@@ -361,10 +452,15 @@ fn cb_costs(n: usize, rep: usize, hmm: &std::fs::File) -> Result<(), String> {
             let st = s.stats()?;
             if consumer == "shadowpt_change_pte" {
                 check(st.change_pte_updated == n as u64, || {
-                    format!("cb_cost: {} change_pte updates, expected {n}", st.change_pte_updated)
+                    format!(
+                        "cb_cost: {} change_pte updates, expected {n}",
+                        st.change_pte_updated
+                    )
                 })?;
             }
-            check(st.present == 0, || format!("cb_cost: {} entries left after MADV_DONTNEED", st.present))?;
+            check(st.present == 0, || {
+                format!("cb_cost: {} entries left after MADV_DONTNEED", st.present)
+            })?;
         }
         println!("BENCH,cb_cost,{consumer},cow_break,{n},{rep},{cow_ns},{n}");
         println!("BENCH,cb_cost,{consumer},dontneed,{n},{rep},{dontneed_ns},1");
@@ -375,7 +471,13 @@ fn cb_costs(n: usize, rep: usize, hmm: &std::fs::File) -> Result<(), String> {
 
 /// `bench [MAX_N]`: the whole benchmark (see Documentation/benchmarks.md).
 pub fn bench(args: &[String]) -> Result<(), String> {
-    ensure_loaded()?;
+    // Let the boot's delayed work settle first (the TSC's refined calibration runs about a
+    // second after boot and switches the clocksource).
+    while uptime()? < 5.0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Sections 1-3 report the callbacks' own `_ns` counters.
+    reload(true)?;
     // The largest N: the argument, else `shadowpt.bench_max=` on the kernel command line.
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let from_cmdline = cmdline
@@ -386,6 +488,13 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(a) => a.parse().map_err(|e| format!("{a}: {e}"))?,
         None => 65536,
     };
+    // `shadowpt.bench_only=a,b` on the kernel command line runs only those sections (reaccess,
+    // ksm, zap, hmm, kvm): for experiments, the report needs them all.
+    let only: Option<Vec<String>> = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("shadowpt.bench_only="))
+        .map(|l| l.split(',').map(str::to_string).collect());
+    let run = |section: &str| only.as_ref().is_none_or(|l| l.iter().any(|s| s == section));
     let uname = sh("uname", &["-r"])?;
     println!("BENCH,machine,{},{}", uname.trim(), num_cpus());
     let sizes: Vec<usize> = [1024usize, 4096, 16384, 65536, 262144]
@@ -397,7 +506,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         65536 => 3,
         _ => 1,
     };
-    for &n in &sizes {
+    for &n in sizes.iter().filter(|_| run("reaccess")) {
         for rep in 0..reps_for(n) {
             for mode in [Some(MODE_CHANGE_PTE), Some(MODE_ZAP), None] {
                 let t0 = Instant::now();
@@ -410,8 +519,22 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    for rep in 0..5 {
+    for rep in (0..5).filter(|_| run("zap")) {
         zap_cost(rep)?;
+    }
+    if run("ksm") {
+        // What a mirror costs ksmd, as it would be loaded: not timing itself.
+        reload(false)?;
+        for &n in sizes.iter().filter(|&&n| n <= 16384) {
+            for rep in 0..KSM_REPS {
+                ksm_cost(n, rep)?;
+            }
+        }
+        reload(true)?;
+    }
+    if !run("hmm") && !run("kvm") {
+        println!("bench: done");
+        return Ok(());
     }
     sh("insmod", &["/lib/modules/test_hmm.ko"])?;
     let r = (|| {
@@ -423,7 +546,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         for rep in 0..5 {
             cb_costs(crate::kvm::BENCH_CB_N, rep, &hmm)?;
         }
-        for &n in sizes.iter().filter(|&&n| n <= 65536) {
+        for &n in sizes.iter().filter(|&&n| n <= 65536 && run("hmm")) {
             for rep in 0..reps_for(n) {
                 versus_hmm(n, rep, &hmm)?;
             }
@@ -434,7 +557,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     r?;
     // KVM: the same N up to 64 Ki (the L2's results area), 3 repetitions.
     let kvm_sizes: Vec<usize> = sizes.iter().copied().filter(|&n| n <= 65536).collect();
-    crate::kvm::bench(&kvm_sizes, 3)?;
+    if run("kvm") {
+        crate::kvm::bench(&kvm_sizes, 3)?;
+    }
     println!("bench: done");
     Ok(())
 }
