@@ -18,9 +18,9 @@
 
 use crate::{
     debugfs,
-    mirror::{pages, FaultContext, Mirror, Mode},
+    mirror::{pages, FaultContext, Mirror, Mode, PIN_BATCH},
     stats::{Stats, ATTACHMENTS},
-    table::{leaf_end, ADDRESS_LIMIT, FANOUT},
+    table::{leaf_end, ADDRESS_LIMIT},
     uapi,
 };
 use kernel::{
@@ -136,24 +136,28 @@ fn refine_fault_error(mm: &MmWithUser, addr: usize, write: bool, err: Error) -> 
 /// `READ`: copies `[req.addr, req.addr + req.length)` to `req.buf` through the table, faulting
 /// in what is missing; returns the faults taken.
 ///
-/// Works a leaf table's span at a time: fault what the span lacks (one lookup for the run), take
-/// a reference on the pages of the entries (one lock acquisition), then copy each page straight
-/// to user space, which may fault on the destination and sleep. Where an entry is missing after
-/// all (the batch stopped at an error, or an invalidation zapped it meanwhile), that one page is
-/// faulted alone, and its error is the ioctl's.
+/// Faults a leaf table's span at a time (what the span lacks: one lookup for the run), then
+/// copies in batches of [`PIN_BATCH`] pages: one lock acquisition takes a reference on the pages
+/// of the batch's entries, then each page is copied straight to user space, which may fault on
+/// the destination and sleep, and its reference dropped. Where an entry is missing after all
+/// (the fault batch stopped at an error, or an invalidation zapped it meanwhile), that one page
+/// is faulted alone, and its error is the ioctl's.
 fn read_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
     let mut ctx = FaultContext::new();
-    let mut pages = KVec::with_capacity(FANOUT, GFP_KERNEL)?;
+    let mut pages = KVec::with_capacity(PIN_BATCH, GFP_KERNEL)?;
     let mut faults = 0u64;
     let end = req.addr + req.length;
     let end_page = end.next_multiple_of(PAGE_SIZE);
     let mut addr = req.addr;
+    let mut populated_to = addr;
     while addr < end {
         let page = addr & !(PAGE_SIZE - 1);
-        let span_end = leaf_end(page, end_page);
-        // Errors are reported at their page, by the single fault below.
-        let _ = mirror.populate(page, span_end, false, &mut ctx, &mut faults);
-        let stop = mirror.get_pages(page, span_end, &mut pages)?;
+        if page >= populated_to {
+            populated_to = leaf_end(page, end_page);
+            // Errors are reported at their page, by the single fault below.
+            let _ = mirror.populate(page, populated_to, false, &mut ctx, &mut faults);
+        }
+        let stop = mirror.get_pages(page, end_page, &mut pages)?;
         let mut page_addr = page;
         for user_page in pages.drain_all() {
             let to = core::cmp::min(end, page_addr + PAGE_SIZE);
@@ -164,13 +168,12 @@ fn read_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
             addr = to;
             page_addr += PAGE_SIZE;
         }
-        if stop == page {
-            if mirror
+        if stop == page
+            && mirror
                 .fault(page, false, &mut ctx)
                 .map_err(|e| refine_fault_error(mm, page, false, e))?
-            {
-                faults += 1;
-            }
+        {
+            faults += 1;
         }
     }
     Ok(faults)

@@ -357,7 +357,10 @@ fn zero_pages(n: usize, mode: u32, rows: &mut Vec<Row>) -> Result<(), String> {
         d.change_pte_updated,
         if keep { 2 * n as u64 } else { 0 },
     )?;
-    let (data, refaults) = s.read(m.addr, m.len)?;
+    // EFAULT here means an entry maps a freed page: READ's page reference finds none left.
+    let (data, refaults) = s
+        .read(m.addr, m.len)
+        .map_err(|e| format!("zero pages: re-read: {e}"))?;
     eq(
         &format!("{name} zero pages: faults to re-read"),
         refaults,
