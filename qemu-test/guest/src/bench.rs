@@ -360,22 +360,45 @@ fn dmirror_read(fd: i32, addr: usize, buf: &mut [u8]) -> Result<u64, String> {
 /// shadowpt against test_hmm's dmirror on the same pages: first touch, and re-read after a merge.
 fn versus_hmm(n: usize, rep: usize, dev: &std::fs::File) -> Result<(), String> {
     let fd = dev.as_raw_fd();
-    // Two separate copies of the same workload, so that each mirror faults its own pages.
-    let mut buf = vec![0u8; n * PAGE];
+    // Two separate copies of the same workload, so that each mirror faults its own pages, and
+    // a destination buffer for each, written before anything is timed: a fresh allocation is
+    // untouched memory, whose page faults the copy out would pay.
+    let mut hbuf = vec![1u8; n * PAGE];
+    let mut sbuf = vec![1u8; n * PAGE];
     let hm = Mapping::anon(n)?;
     fill_same(&hm, 7);
-    let t0 = Instant::now();
-    let hf = dmirror_read(fd, hm.addr, &mut buf)?;
-    let h_first = us(t0);
     let sm = Mapping::anon(n)?;
     fill_same(&sm, 7);
     let s = Spt::open()?;
     s.attach(sm.addr, sm.len, MODE_CHANGE_PTE)?;
-    let t0 = Instant::now();
-    let sf = s
-        .try_read(sm.addr, &mut buf)
-        .map_err(|e| format!("read: {}", errname(e)))?;
-    let s_first = us(t0);
+    // Alternate which mirror goes first, so that neither gains from what the other left warm.
+    let hmm_first = rep % 2 == 0;
+    let timed_reads =
+        |hbuf: &mut [u8], sbuf: &mut [u8]| -> Result<(u64, u128, u64, u128), String> {
+            let hmm = |buf: &mut [u8]| {
+                let t0 = Instant::now();
+                dmirror_read(fd, hm.addr, buf).map(|f| (f, us(t0)))
+            };
+            let spt = |buf: &mut [u8]| {
+                let t0 = Instant::now();
+                s.try_read(sm.addr, buf)
+                    .map(|f| (f, us(t0)))
+                    .map_err(|e| format!("read: {}", errname(e)))
+            };
+            let (h, sp) = if hmm_first {
+                let h = hmm(hbuf)?;
+                (h, spt(sbuf)?)
+            } else {
+                let sp = spt(sbuf)?;
+                (hmm(hbuf)?, sp)
+            };
+            check(hbuf == hm.bytes(0, n * PAGE), || "dmirror data".into())?;
+            check(sbuf == sm.bytes(0, n * PAGE), || "shadowpt data".into())?;
+            hbuf.fill(1);
+            sbuf.fill(1);
+            Ok((h.0, h.1, sp.0, sp.1))
+        };
+    let (hf, h_first, sf, s_first) = timed_reads(&mut hbuf, &mut sbuf)?;
     println!("BENCH,vs_hmm,first,{n},{rep},{hf},{h_first},{sf},{s_first}");
     // Merge both copies together (2n identical pages), then re-read each through its mirror.
     ksm::reset(2 * n)?;
@@ -385,16 +408,7 @@ fn versus_hmm(n: usize, rep: usize, dev: &std::fs::File) -> Result<(), String> {
     ksm::run_until(Duration::from_secs(600), || {
         Ok(ksm::read("pages_shared")? + ksm::read("pages_sharing")? == 2 * n as u64)
     })?;
-    let t0 = Instant::now();
-    let hf = dmirror_read(fd, hm.addr, &mut buf)?;
-    let h_re = us(t0);
-    check(buf == hm.bytes(0, n * PAGE), || "dmirror data".into())?;
-    let t0 = Instant::now();
-    let sf = s
-        .try_read(sm.addr, &mut buf)
-        .map_err(|e| format!("read: {}", errname(e)))?;
-    let s_re = us(t0);
-    check(buf == sm.bytes(0, n * PAGE), || "shadowpt data".into())?;
+    let (hf, h_re, sf, s_re) = timed_reads(&mut hbuf, &mut sbuf)?;
     println!("BENCH,vs_hmm,after_merge,{n},{rep},{hf},{h_re},{sf},{s_re}");
     ksm::write("run", "2")
 }
@@ -547,7 +561,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             cb_costs(crate::kvm::BENCH_CB_N, rep, &hmm)?;
         }
         for &n in sizes.iter().filter(|&&n| n <= 65536 && run("hmm")) {
-            for rep in 0..reps_for(n) {
+            // An even number: each mirror goes first in half of them.
+            for rep in 0..2 * reps_for(n).div_ceil(2) + 2 {
                 versus_hmm(n, rep, &hmm)?;
             }
         }
