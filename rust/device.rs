@@ -133,6 +133,25 @@ fn refine_fault_error(mm: &MmWithUser, addr: usize, write: bool, err: Error) -> 
     }
 }
 
+/// Faults in, when `page` reaches `*populated_to`, what the table lacks of the leaf table's span
+/// that starts at `page` (up to `end_page` at most), with one lookup for the run, and moves
+/// `*populated_to` to the end of that span. Errors are ignored: the copy that follows faults
+/// page by page where the batch stopped, and reports the error at the page where it happens.
+fn populate_ahead(
+    mirror: &Mirror,
+    page: usize,
+    end_page: usize,
+    write: bool,
+    populated_to: &mut usize,
+    ctx: &mut FaultContext,
+    faults: &mut u64,
+) {
+    if page >= *populated_to {
+        *populated_to = leaf_end(page, end_page);
+        let _ = mirror.populate(page, *populated_to, write, ctx, faults);
+    }
+}
+
 /// `READ`: copies `[req.addr, req.addr + req.length)` to `req.buf` through the table, faulting
 /// in what is missing; returns the faults taken.
 ///
@@ -149,14 +168,19 @@ fn read_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
     let end = req.addr + req.length;
     let end_page = end.next_multiple_of(PAGE_SIZE);
     let mut addr = req.addr;
-    let mut populated_to = addr;
+    // The first page of the request starts a batch, even where `req.addr` is not page aligned.
+    let mut populated_to = addr & !(PAGE_SIZE - 1);
     while addr < end {
         let page = addr & !(PAGE_SIZE - 1);
-        if page >= populated_to {
-            populated_to = leaf_end(page, end_page);
-            // Errors are reported at their page, by the single fault below.
-            let _ = mirror.populate(page, populated_to, false, &mut ctx, &mut faults);
-        }
+        populate_ahead(
+            mirror,
+            page,
+            end_page,
+            false,
+            &mut populated_to,
+            &mut ctx,
+            &mut faults,
+        );
         let stop = mirror.get_pages(page, end_page, &mut pages)?;
         let mut page_addr = page;
         for user_page in pages.drain_all() {
@@ -192,22 +216,25 @@ fn write_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> 
     let mut faults = 0u64;
     let mut addr = req.addr;
     let end = req.addr + req.length;
-    // Faults come in batches: at the first page of each leaf table's span, once the data for
-    // that page is in hand, what the table lacks up to the end of the span or of the request.
-    // Where a batch stops, or whatever an invalidation zaps meanwhile, the copy faults page by
-    // page and reports the error at the page where it happens.
-    let mut batched_to = addr;
+    let end_page = end.next_multiple_of(PAGE_SIZE);
+    // The first page of the request starts a batch, even where `req.addr` is not page aligned.
+    let mut populated_to = addr & !(PAGE_SIZE - 1);
     while addr < end {
         let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
         let buf = &mut bounce[..chunk];
+        // The page's data first: a write from a bad buffer maps nothing.
         reader.read_slice(buf)?;
         let buf = &*buf;
-        if addr >= batched_to {
-            let page = addr & !(PAGE_SIZE - 1);
-            batched_to = leaf_end(page, end.next_multiple_of(PAGE_SIZE));
-            // Errors are reported by the copy below, at their page.
-            let _ = mirror.populate(page, batched_to, true, &mut ctx, &mut faults);
-        }
+        let page = addr & !(PAGE_SIZE - 1);
+        populate_ahead(
+            mirror,
+            page,
+            end_page,
+            true,
+            &mut populated_to,
+            &mut ctx,
+            &mut faults,
+        );
         faults += mirror
             .write(addr, buf, &mut ctx)
             .map_err(|e| refine_fault_error(mm, addr, true, e))?;
