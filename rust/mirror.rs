@@ -517,9 +517,10 @@ impl Mirror {
         self.timed.then(Instant::<Monotonic>::now)
     }
 
-    /// Whether `range` intersects the attachment.
-    fn overlaps(&self, range: &Range) -> bool {
-        range.start() < self.end && range.end() > self.start
+    /// Whether `[start, end)` intersects the attachment.
+    #[inline]
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        start < self.end && end > self.start
     }
 
     /// Zaps `[start, end)` clipped to the attachment; returns the entries removed.
@@ -553,29 +554,30 @@ impl MmuNotifier for Mirror {
     }
 
     fn invalidate_range_start(&self, range: &Range) -> Result {
+        let (start, end) = (range.start(), range.end());
         // Like KVM with memslots: ranges that miss the attachment are not ours to track.
-        if !self.overlaps(range) {
+        if !self.overlaps(start, end) {
             return Ok(());
-        }
-        let t0 = self.clock();
-        let mut inner = self.inner.lock();
-        inner.in_progress = inner.in_progress.saturating_add(1);
-        if inner.in_progress == 1 {
-            inner.inv_start = range.start();
-            inner.inv_end = range.end();
-        } else {
-            inner.inv_start = inner.inv_start.min(range.start());
-            inner.inv_end = inner.inv_end.max(range.end());
         }
         // A flagged range covers one base page whose entry `change_pte` will update: keep it.
         let keep = self.mode == Mode::ChangePte
             && range.change_pte()
-            && range.end() - range.start() == PAGE_SIZE
+            && end - start == PAGE_SIZE
             && !cfg!(shadowpt_break = "ignore_flag");
+        let t0 = self.clock();
+        let mut inner = self.inner.lock();
+        inner.in_progress = inner.in_progress.saturating_add(1);
+        if inner.in_progress == 1 {
+            inner.inv_start = start;
+            inner.inv_end = end;
+        } else {
+            inner.inv_start = inner.inv_start.min(start);
+            inner.inv_end = inner.inv_end.max(end);
+        }
         let zapped = if keep || cfg!(shadowpt_break = "no_zap") {
             0
         } else {
-            self.zap_locked(&mut inner, range.start(), range.end())
+            self.zap_locked(&mut inner, start, end)
         };
         drop(inner);
         self.stats.inc(Counter::invalidate_start);
@@ -589,7 +591,7 @@ impl MmuNotifier for Mirror {
 
     fn invalidate_range_end(&self, range: &Range) {
         // Same test as in `invalidate_range_start`, on the same range: starts and ends pair up.
-        if !self.overlaps(range) {
+        if !self.overlaps(range.start(), range.end()) {
             return;
         }
         let mut inner = self.inner.lock();
@@ -612,31 +614,33 @@ impl MmuNotifier for Mirror {
         }
         self.stats.inc(Counter::change_pte);
         let t0 = self.clock();
+        // Each accessor of `pte` decodes it anew: decode once, outside the lock.
+        let (present, pfn) = (pte.present(), pte.pfn());
         let mut inner = self.inner.lock();
         // The contract: always inside a flagged invalidation of this address.
         warn_on!(!(inner.in_progress > 0 && address >= inner.inv_start && address < inner.inv_end));
         let mut counter = Counter::change_pte_updated;
         // One walk: `update` hands the old entry over and stores what we return.
         let old = inner.table.update(address, |old| {
-            if !pte.present() || (old.writable() && pte.pfn() != old.pfn()) {
+            if !present || (old.writable() && pfn != old.pfn()) {
                 // A writable entry must never move to a new page: its writes would be lost.
                 counter = Counter::change_pte_illegal;
                 return Entry::NONE;
             }
             // The broken build skips the moves to a new page (and counts them as updates), as
             // if it could not handle them.
-            if cfg!(shadowpt_break = "skip_update") && pte.pfn() != old.pfn() {
+            if cfg!(shadowpt_break = "skip_update") && pfn != old.pfn() {
                 return old;
             }
+            let zero = pte.zero_page();
             // Dirty is carried over; the zero page is never dirty through us.
-            let dirty =
-                !pte.zero_page() && ((old.dirty() && old.pfn() == pte.pfn()) || pte.dirty());
+            let dirty = !zero && ((old.dirty() && old.pfn() == pfn) || pte.dirty());
             // Read-only, whatever `pte` allows (KVM's policy before 6.10, and the contract's):
             // a writable entry must come with the page marked dirty, which only the fault path
             // does, holding a reference on the page. A later write through the table faults and
             // upgrades the entry. Update or zap: never leave the kept entry as it was.
             let writable = cfg!(shadowpt_break = "writable_install") && pte.writable();
-            Entry::new(pte.pfn(), pte.zero_page(), writable, old.accessed(), dirty)
+            Entry::new(pfn, zero, writable, old.accessed(), dirty)
         });
         if !old.present() {
             counter = Counter::change_pte_absent;
