@@ -614,7 +614,8 @@ impl MmuNotifier for Mirror {
         }
         self.stats.inc(Counter::change_pte);
         let t0 = self.clock();
-        // Each accessor of `pte` decodes it anew: decode once, outside the lock.
+        // Each accessor of `pte` decodes it anew: the two every call needs are decoded once,
+        // outside the lock. (`zero_page()` below decodes both again, for updates only.)
         let (present, pfn) = (pte.present(), pte.pfn());
         let mut inner = self.inner.lock();
         // The contract: always inside a flagged invalidation of this address.
