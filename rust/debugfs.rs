@@ -12,8 +12,8 @@
 //! Every file is documented in `Documentation/debugfs.rst`.
 
 use crate::{
-    mirror::Mode,
-    stats::{Stats, ATTACHMENTS, GLOBAL},
+    mirror::{Mode, State},
+    stats::{self, Global},
 };
 use core::fmt;
 use kernel::{
@@ -40,8 +40,20 @@ kernel::sync::global_lock! {
     unsafe(uninit) static ROOT_DIR: Mutex<Option<Dir>> = None;
 }
 
-/// Data of the `global` scope: its files show `static` counters.
-struct Static;
+/// Contents of `global/attachments`.
+struct Attachments;
+
+impl fmt::Debug for Attachments {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", stats::attachments())
+    }
+}
+
+/// Data of the `global` scope: its files sum the attachments' counters when read.
+struct GlobalFiles {
+    counters: Global,
+    attachments: Attachments,
+}
 
 /// The debugfs directory `shadowpt/` and the files in it.
 ///
@@ -50,7 +62,7 @@ struct Static;
 pub(crate) struct Root {
     // Dropped first: the files go before their directory.
     _version: Pin<KBox<debugfs::File<Version>>>,
-    _global: Pin<KBox<Scope<Static>>>,
+    _global: Pin<KBox<Scope<GlobalFiles>>>,
     _dir: Dir,
 }
 
@@ -59,11 +71,19 @@ impl Root {
     pub(crate) fn new() -> Result<Self> {
         let dir = Dir::new(c"shadowpt");
         let version = KBox::pin_init(dir.read_only_file(c"version", Version), GFP_KERNEL)?;
+        let files = GlobalFiles {
+            counters: Global,
+            attachments: Attachments,
+        };
         let global = KBox::pin_init(
-            dir.scope(Ok::<Static, Error>(Static), c"global", |_, scoped| {
-                GLOBAL.create_files(scoped);
-                scoped.read_only_file(c"attachments", &ATTACHMENTS);
-            }),
+            dir.scope(
+                Ok::<GlobalFiles, Error>(files),
+                c"global",
+                |files: &GlobalFiles, scoped: &debugfs::ScopedDir<'_, '_>| {
+                    stats::create_files(&files.counters, scoped);
+                    scoped.read_only_file(c"attachments", &files.attachments);
+                },
+            ),
             GFP_KERNEL,
         )?;
         // SAFETY: Called once, from module init, before any other use of `ROOT_DIR`.
@@ -106,15 +126,15 @@ impl fmt::Debug for RangeName {
 
 /// What the directory of one attachment shows.
 pub(crate) struct AttachmentInfo {
-    stats: Arc<Stats>,
+    state: Arc<State>,
     mode: ModeName,
     range: RangeName,
 }
 
 impl AttachmentInfo {
-    pub(crate) fn new(stats: Arc<Stats>, mode: Mode, start: usize, end: usize) -> Self {
+    pub(crate) fn new(state: Arc<State>, mode: Mode, start: usize, end: usize) -> Self {
         Self {
-            stats,
+            state,
             mode: ModeName(mode),
             range: RangeName(start, end),
         }
@@ -133,7 +153,7 @@ pub(crate) fn attachment_dir(
             Ok::<AttachmentInfo, Error>(info),
             &name,
             |info: &AttachmentInfo, dir: &debugfs::ScopedDir<'_, '_>| {
-                info.stats.create_files(dir);
+                stats::create_files(&*info.state, dir);
                 dir.read_only_file(c"mode", &info.mode);
                 dir.read_only_file(c"range", &info.range);
             },

@@ -18,8 +18,8 @@
 
 use crate::{
     debugfs,
-    mirror::{pages, FaultContext, Mirror, Mode, PIN_BATCH},
-    stats::{Stats, ATTACHMENTS},
+    mirror::{pages, FaultContext, Mirror, Mode, State, PIN_BATCH},
+    stats::Registered,
     table::{leaf_end, ADDRESS_LIMIT},
     uapi,
 };
@@ -46,12 +46,14 @@ pub(crate) fn register() -> impl PinInit<MiscDeviceRegistration<ShadowPtFile>, E
 /// Next attachment id; ids are never reused while the module is loaded.
 static NEXT_ID: Atomic<u64> = Atomic::new(1);
 
-/// One mirrored range: the notifier registration (which owns the [`Mirror`]) and its debugfs
-/// directory.
+/// One mirrored range: the notifier registration (which owns the [`Mirror`]), its debugfs
+/// directory and its place in the global counters.
 pub(crate) struct Attachment {
     // Dropped first: unregistering runs `release`, which empties the table.
     registration: Pin<KBox<Registration<Mirror>>>,
     _debugfs: Pin<KBox<kernel::debugfs::Scope<debugfs::AttachmentInfo>>>,
+    // Dropped last, once no callback can run: the final counters move to the global totals.
+    _registered: Registered,
 }
 
 impl Attachment {
@@ -72,7 +74,6 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         // Runs before the fields are dropped, i.e. before unregistration calls `release`.
         self.mirror().detaching();
-        ATTACHMENTS.fetch_sub(1, Relaxed);
     }
 }
 
@@ -274,20 +275,23 @@ impl ShadowPtFile {
         }
 
         let id = NEXT_ID.fetch_add(1, Relaxed);
-        let stats = Arc::new(Stats::new(), GFP_KERNEL)?;
-        let mirror = Mirror::new(req.start, end, mode, stats.clone())?;
+        let state = State::new()?;
+        let mirror = Mirror::new(req.start, end, mode, state.clone());
         let registration = KBox::pin_init(Registration::register(mm, mirror), GFP_KERNEL)?;
-        registration.publish_gauges();
-        let info = debugfs::AttachmentInfo::new(stats, mode, req.start, end);
+        // Counted globally once registered: a registration that fails leaves the global
+        // counters as they were. (If a step below fails, the entry goes before the
+        // registration, whose `release` then counts nothing globally.)
+        let registered = Registered::new(state.clone())?;
+        let info = debugfs::AttachmentInfo::new(state, mode, req.start, end);
         let dir = debugfs::attachment_dir(id, info)?;
         let attachment = Arc::new(
             Attachment {
                 registration,
                 _debugfs: dir,
+                _registered: registered,
             },
             GFP_KERNEL,
         )?;
-        ATTACHMENTS.fetch_add(1, Relaxed);
 
         {
             let mut slot = self.attachment.lock();
@@ -400,7 +404,7 @@ impl ShadowPtFile {
             return Err(EINVAL);
         }
         let mirror = attachment.mirror();
-        uapi::write(arg, &mirror.stats().reply(mirror.mode().to_abi()))?;
+        uapi::write(arg, &mirror.counters().reply(mirror.mode().to_abi()))?;
         Ok(0)
     }
 }

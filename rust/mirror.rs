@@ -27,18 +27,20 @@
 //!
 //! # Locking
 //!
-//! One lock, [`Mirror::inner`], a spinlock (callbacks may not sleep: `change_pte` runs under the
+//! One lock, [`State::inner`], a spinlock (callbacks may not sleep: `change_pte` runs under the
 //! primary page table lock, and OOM-reaper invalidations are non-blockable). Lock order:
-//! `mmap_lock` / primary PTL (held by the core mm around callbacks) -> `Mirror::inner`. Nothing is
+//! `mmap_lock` / primary PTL (held by the core mm around callbacks) -> `State::inner`; the
+//! registry of the global counters (`stats::REGISTRY`, a mutex) -> `State::inner`. Nothing is
 //! allocated and no user memory is touched with `inner` held; GUP and allocations happen between
-//! the two lock sections of a fault.
+//! the two lock sections of a fault. The attachment's counters live under `inner` too: every
+//! callback takes it anyway, so counting costs it no atomic operation.
 //!
 //! [`invalidate_range_start`]: MmuNotifier::invalidate_range_start
 //! [`invalidate_range_end`]: MmuNotifier::invalidate_range_end
 //! [`change_pte`]: MmuNotifier::change_pte
 
 use crate::{
-    stats::{Counter, Stats},
+    stats::{Counter, Counters},
     table::{leaf_end, Entry, NodeCache, Table},
     uapi,
 };
@@ -51,7 +53,7 @@ use kernel::{
     new_spinlock,
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
-    sync::{Arc, SpinLock},
+    sync::{Arc, SpinLock, SpinLockGuard},
     time::{delay::fsleep, Delta, Instant, Monotonic},
     warn_on,
 };
@@ -82,9 +84,11 @@ impl Mode {
     }
 }
 
-/// State protected by [`Mirror::inner`].
+/// State protected by [`State::inner`].
 struct Inner {
     table: Table,
+    /// The attachment's counters; the gauges are kept equal to the table's size.
+    counters: Counters,
     /// Bumped by every `invalidate_range_end` (KVM's `mmu_invalidate_seq`).
     seq: u64,
     /// Invalidations between start and end (KVM's `mmu_invalidate_in_progress`).
@@ -106,6 +110,53 @@ impl Inner {
             return false;
         }
         (self.in_progress > 0 && start < self.inv_end && end > self.inv_start) || self.seq != seq
+    }
+}
+
+/// The table and counters of one attachment behind their lock: shared by its [`Mirror`], its
+/// debugfs directory and the registry of the global counters, which read the counters.
+#[pin_data]
+pub(crate) struct State {
+    #[pin]
+    inner: SpinLock<Inner>,
+}
+
+impl State {
+    /// An empty table, every counter at 0.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        let table = Table::new()?;
+        let mut counters = Counters::new();
+        counters.set(Counter::present, table.present());
+        counters.set(Counter::table_pages, table.pages());
+        Arc::pin_init(
+            pin_init!(Self {
+                inner <- new_spinlock!(
+                    Inner {
+                        table,
+                        counters,
+                        seq: 0,
+                        in_progress: 0,
+                        inv_start: 0,
+                        inv_end: 0,
+                        dead: false,
+                        detaching: false,
+                    },
+                    "shadowpt::State::inner"
+                ),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// A snapshot of the counters.
+    pub(crate) fn counters(&self) -> Counters {
+        self.inner.lock().counters
+    }
+}
+
+impl crate::stats::Source for State {
+    fn counter(&self, c: Counter) -> u64 {
+        self.counters().get(c)
     }
 }
 
@@ -160,17 +211,17 @@ pub(crate) struct Mirror {
     max_pages: u64,
     /// Whether the callbacks time themselves into the `_ns` counters (`time_callbacks`).
     timed: bool,
-    #[pin]
-    inner: SpinLock<Inner>,
-    stats: Arc<Stats>,
+    state: Arc<State>,
 }
 
 #[pinned_drop]
 impl PinnedDrop for Mirror {
     fn drop(self: Pin<&mut Self>) {
-        // The table goes with us: take its entries and tables out of the global gauges.
-        self.stats.set_gauge(Counter::present, 0);
-        self.stats.set_gauge(Counter::table_pages, 0);
+        // `release` emptied the table; what is left of it goes with us, out of the global
+        // gauges (the state outlives us in the debugfs directory and the registry).
+        let mut inner = self.lock();
+        inner.counters.set(Counter::present, 0);
+        inner.counters.set(Counter::table_pages, 0);
     }
 }
 
@@ -183,44 +234,36 @@ pub(crate) const PIN_BATCH: usize = 16;
 type PageState = u8;
 
 impl Mirror {
-    /// A mirror of `[start, end)` with an empty table.
+    /// A mirror of `[start, end)` keeping its table and counters in `state`.
     pub(crate) fn new(
         start: usize,
         end: usize,
         mode: Mode,
-        stats: Arc<Stats>,
-    ) -> Result<impl PinInit<Self, Error>> {
-        let table = Table::new()?;
-        // The gauges are published by `publish_gauges` once the mirror is registered, so that
-        // a registration that fails leaves them untouched.
-        Ok(try_pin_init!(Self {
+        state: Arc<State>,
+    ) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
             start,
             end,
             mode,
             max_pages: crate::module_parameters::max_table_pages.value(),
             timed: crate::module_parameters::time_callbacks.value() != 0,
-            inner <- new_spinlock!(
-                Inner {
-                    table,
-                    seq: 0,
-                    in_progress: 0,
-                    inv_start: 0,
-                    inv_end: 0,
-                    dead: false,
-                    detaching: false,
-                },
-                "shadowpt::Mirror::inner"
-            ),
-            stats,
-        }? Error))
+            state,
+        }? Error)
+    }
+
+    /// Locks the table and counters.
+    #[inline]
+    fn lock(&self) -> SpinLockGuard<'_, Inner> {
+        self.state.inner.lock()
     }
 
     pub(crate) fn mode(&self) -> Mode {
         self.mode
     }
 
-    pub(crate) fn stats(&self) -> &Stats {
-        &self.stats
+    /// A snapshot of the counters.
+    pub(crate) fn counters(&self) -> Counters {
+        self.lock().counters
     }
 
     /// Checks that `[addr, addr + len)` is inside the attachment.
@@ -236,17 +279,12 @@ impl Mirror {
         Ok(end)
     }
 
-    /// Publishes the gauges of the new, registered mirror.
-    pub(crate) fn publish_gauges(&self) {
-        self.update_gauges(&self.inner.lock());
-    }
-
-    /// Publishes the table's gauges. Called with `inner` held, after every change of the table.
-    fn update_gauges(&self, inner: &Inner) {
-        self.stats
-            .set_gauge(Counter::present, inner.table.present());
-        self.stats
-            .set_gauge(Counter::table_pages, inner.table.pages());
+    /// Brings the gauges up to date with the table. Called with `inner` held, after every
+    /// change of the table.
+    fn update_gauges(inner: &mut Inner) {
+        let (present, pages) = (inner.table.present(), inner.table.pages());
+        inner.counters.set(Counter::present, present);
+        inner.counters.set(Counter::table_pages, pages);
     }
 
     /// Makes sure the table maps every page of `[start, end)` (page aligned, inside the
@@ -285,7 +323,7 @@ impl Mirror {
             // The run to fault: from the first page of this leaf table the table lacks to the
             // next one it has.
             let (first, stop, seq) = {
-                let inner = self.inner.lock();
+                let inner = self.lock();
                 if inner.dead {
                     return Err(FaultError::at(addr, ENXIO));
                 }
@@ -306,14 +344,14 @@ impl Mirror {
             let batch_end = first + (got << PAGE_SHIFT);
             ctx.cache.top_up().map_err(|e| FaultError::at(first, e))?;
 
-            let mut inner = self.inner.lock();
+            let mut inner = self.lock();
             if inner.dead {
                 return Err(FaultError::at(first, ENXIO));
             }
             if inner.must_retry(seq, first, batch_end) {
+                inner.counters.inc(Counter::fault_retries);
                 drop(inner);
                 pages.clear();
-                self.stats.inc(Counter::fault_retries);
                 if kernel::current!().signal_pending() {
                     return Err(FaultError::at(first, EINTR));
                 }
@@ -331,7 +369,7 @@ impl Mirror {
                 // Empty tables left by invalidations count too: free them first.
                 inner.table.prune();
                 if inner.table.pages() + inner.table.missing_tables(first) > self.max_pages {
-                    self.update_gauges(&inner);
+                    Self::update_gauges(&mut inner);
                     return Err(FaultError::at(first, ENOMEM));
                 }
             }
@@ -362,11 +400,11 @@ impl Mirror {
                 }
                 installed += 1;
             }
-            self.update_gauges(&inner);
+            Self::update_gauges(&mut inner);
+            inner.counters.add(Counter::faults, installed);
             drop(inner);
             // The table holds no page reference: from here on the notifier keeps it coherent.
             pages.clear();
-            self.stats.add(Counter::faults, installed);
             *faults += installed;
             addr = batch_end;
         }
@@ -405,7 +443,7 @@ impl Mirror {
             return Err(ENOMEM);
         }
         let end = core::cmp::min(end, start.saturating_add(PIN_BATCH << PAGE_SHIFT));
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         if inner.dead {
             return Err(ENXIO);
         }
@@ -435,7 +473,7 @@ impl Mirror {
         let mut faults = 0;
         loop {
             {
-                let mut inner = self.inner.lock();
+                let mut inner = self.lock();
                 if inner.dead {
                     return Err(ENXIO);
                 }
@@ -465,9 +503,9 @@ impl Mirror {
     /// answer is consistent even while the range changes.
     pub(crate) fn snapshot(&self, addr: usize) -> Result<PageState> {
         loop {
-            let seq = self.inner.lock().seq;
+            let seq = self.lock().seq;
             let primary = gup::get_user_page_fast(addr, gup::Flags::NOFAULT).ok();
-            let inner = self.inner.lock();
+            let inner = self.lock();
             if inner.must_retry(seq, addr, addr + PAGE_SIZE) {
                 drop(inner);
                 drop(primary);
@@ -508,7 +546,7 @@ impl Mirror {
     /// Announces that the registration is about to be dropped (detach or close), so that the
     /// `release` it triggers is not counted as an exit.
     pub(crate) fn detaching(&self) {
-        self.inner.lock().detaching = true;
+        self.lock().detaching = true;
     }
 
     /// The start time of a callback if callbacks are timed (`time_callbacks`), else `None`:
@@ -523,34 +561,32 @@ impl Mirror {
         start < self.end && end > self.start
     }
 
-    /// Zaps `[start, end)` clipped to the attachment; returns the entries removed.
-    fn zap_locked(&self, inner: &mut Inner, start: usize, end: usize) -> u64 {
+    /// Zaps `[start, end)` clipped to the attachment and counts the entries removed.
+    fn zap_locked(&self, inner: &mut Inner, start: usize, end: usize) {
         let start = start.max(self.start);
         let end = end.min(self.end);
         if start >= end {
-            return 0;
+            return;
         }
         let zapped = inner.table.zap(start, end).entries;
-        self.update_gauges(inner);
-        zapped
+        inner.counters.add(Counter::zapped, zapped);
+        Self::update_gauges(inner);
     }
 }
 
 #[vtable]
 impl MmuNotifier for Mirror {
     fn release(&self, _mm: &Mm) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         // May run twice (exit, then unregistration): count the exit only.
         if !inner.dead && !inner.detaching {
-            self.stats.inc(Counter::releases);
+            inner.counters.inc(Counter::releases);
         }
         inner.dead = true;
-        let zapped = self.zap_locked(&mut inner, self.start, self.end);
+        self.zap_locked(&mut inner, self.start, self.end);
         // Nothing will be mapped any more: the tables can go now.
         inner.table.prune();
-        self.update_gauges(&inner);
-        drop(inner);
-        self.stats.add(Counter::zapped, zapped);
+        Self::update_gauges(&mut inner);
     }
 
     fn invalidate_range_start(&self, range: &Range) -> Result {
@@ -565,7 +601,7 @@ impl MmuNotifier for Mirror {
             && end - start == PAGE_SIZE
             && !cfg!(shadowpt_break = "ignore_flag");
         let t0 = self.clock();
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.in_progress = inner.in_progress.saturating_add(1);
         if inner.in_progress == 1 {
             inner.inv_start = start;
@@ -574,18 +610,16 @@ impl MmuNotifier for Mirror {
             inner.inv_start = inner.inv_start.min(start);
             inner.inv_end = inner.inv_end.max(end);
         }
-        let zapped = if keep || cfg!(shadowpt_break = "no_zap") {
-            0
-        } else {
-            self.zap_locked(&mut inner, start, end)
-        };
-        drop(inner);
-        self.stats.inc(Counter::invalidate_start);
-        if !range.blockable() {
-            self.stats.inc(Counter::invalidate_nonblock);
+        if !(keep || cfg!(shadowpt_break = "no_zap")) {
+            self.zap_locked(&mut inner, start, end);
         }
-        self.stats.add(Counter::zapped, zapped);
-        self.stats.add(Counter::invalidate_ns, nanos(t0));
+        inner.counters.inc(Counter::invalidate_start);
+        if !range.blockable() {
+            inner.counters.inc(Counter::invalidate_nonblock);
+        }
+        if let Some(ns) = nanos(t0) {
+            inner.counters.add(Counter::invalidate_ns, ns);
+        }
         Ok(())
     }
 
@@ -594,7 +628,7 @@ impl MmuNotifier for Mirror {
         if !self.overlaps(range.start(), range.end()) {
             return;
         }
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.seq = inner.seq.wrapping_add(1);
         // Starts and ends pair up (same overlap test on the same range); an end without its
         // start would be a core mm bug. Warn, and do not panic under the PTE lock.
@@ -604,20 +638,19 @@ impl MmuNotifier for Mirror {
                 warn_on!(true);
             }
         }
-        drop(inner);
-        self.stats.inc(Counter::invalidate_end);
+        inner.counters.inc(Counter::invalidate_end);
     }
 
     fn change_pte(&self, _mm: &Mm, address: usize, pte: Pte) {
         if address < self.start || address >= self.end {
             return;
         }
-        self.stats.inc(Counter::change_pte);
         let t0 = self.clock();
         // Each accessor of `pte` decodes it anew: the two every call needs are decoded once,
-        // outside the lock. (`zero_page()` below decodes both again, for updates only.)
+        // outside the lock; the zero page test below reuses the pfn.
         let (present, pfn) = (pte.present(), pte.pfn());
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
+        inner.counters.inc(Counter::change_pte);
         // The contract: always inside a flagged invalidation of this address.
         warn_on!(!(inner.in_progress > 0 && address >= inner.inv_start && address < inner.inv_end));
         let mut counter = Counter::change_pte_updated;
@@ -633,7 +666,7 @@ impl MmuNotifier for Mirror {
             if cfg!(shadowpt_break = "skip_update") && pfn != old.pfn() {
                 return old;
             }
-            let zero = pte.zero_page();
+            let zero = Pte::is_zero_pfn(pfn);
             // Dirty is carried over; the zero page is never dirty through us.
             let dirty = !zero && ((old.dirty() && old.pfn() == pfn) || pte.dirty());
             // Read-only, whatever `pte` allows (KVM's policy before 6.10, and the contract's):
@@ -647,11 +680,12 @@ impl MmuNotifier for Mirror {
             counter = Counter::change_pte_absent;
         } else if matches!(counter, Counter::change_pte_illegal) {
             // The entry was zapped: the table shrank.
-            self.update_gauges(&inner);
+            Self::update_gauges(&mut inner);
         }
-        drop(inner);
-        self.stats.inc(counter);
-        self.stats.add(Counter::change_pte_ns, nanos(t0));
+        inner.counters.inc(counter);
+        if let Some(ns) = nanos(t0) {
+            inner.counters.add(Counter::change_pte_ns, ns);
+        }
     }
 
     fn clear_flush_young(&self, _mm: &Mm, start: usize, end: usize) -> bool {
@@ -659,13 +693,14 @@ impl MmuNotifier for Mirror {
     }
 
     fn clear_young(&self, _mm: &Mm, start: usize, end: usize) -> bool {
-        self.stats.inc(Counter::young);
         let (start, end) = (start.max(self.start), end.min(self.end));
         if start >= end {
             return false;
         }
+        let mut inner = self.lock();
+        inner.counters.inc(Counter::young);
         let mut young = false;
-        self.inner.lock().table.for_each_present(start, end, |e| {
+        inner.table.for_each_present(start, end, |e| {
             young |= e.accessed();
             e.old()
         });
@@ -673,21 +708,19 @@ impl MmuNotifier for Mirror {
     }
 
     fn test_young(&self, _mm: &Mm, address: usize) -> bool {
-        self.stats.inc(Counter::young);
         if address < self.start || address >= self.end {
             return false;
         }
-        self.inner
-            .lock()
-            .table
-            .lookup(address & !(PAGE_SIZE - 1))
-            .accessed()
+        let mut inner = self.lock();
+        inner.counters.inc(Counter::young);
+        inner.table.lookup(address & !(PAGE_SIZE - 1)).accessed()
     }
 }
 
-/// Nanoseconds since `t0`, or 0 for an untimed call.
-fn nanos(t0: Option<Instant<Monotonic>>) -> u64 {
-    t0.map_or(0, |t0| u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0))
+/// Nanoseconds since `t0`, or `None` for an untimed call.
+#[inline]
+fn nanos(t0: Option<Instant<Monotonic>>) -> Option<u64> {
+    t0.map(|t0| u64::try_from(t0.elapsed().as_nanos()).unwrap_or(0))
 }
 
 /// Pages of `len` bytes (rounded down).

@@ -10,7 +10,8 @@
 //!
 //! Lock order, outermost first: `ShadowPtFile::attachment` (a mutex, never held across anything
 //! that sleeps on the mm) is independent of the rest; the core mm's `mmap_lock` and page table
-//! locks, held around notifier callbacks, come before `Mirror::inner` (a spinlock, innermost).
+//! locks, held around notifier callbacks, and the registry of the global counters
+//! (`stats::REGISTRY`, a mutex) come before `mirror::State::inner` (a spinlock, innermost).
 //! See `Documentation/design.rst`.
 
 use kernel::prelude::*;
@@ -56,8 +57,12 @@ struct ShadowPtModule {
 impl kernel::InPlaceModule for ShadowPtModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
-            // Initialised first: opening the device needs the debugfs root.
-            debugfs: debugfs::Root::new()?,
+            // Initialised first: opening the device needs the debugfs root and the registry of
+            // the global counters.
+            debugfs: {
+                stats::init();
+                debugfs::Root::new()?
+            },
             miscdev <- device::register(),
         })
     }
