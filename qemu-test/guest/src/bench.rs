@@ -511,6 +511,16 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let run = |section: &str| only.as_ref().is_none_or(|l| l.iter().any(|s| s == section));
     let uname = sh("uname", &["-r"])?;
     println!("BENCH,machine,{},{}", uname.trim(), num_cpus());
+    // The CPU features that choose how the kernel copies (`rep movsb` with ERMS/FSRM): under
+    // TCG they decide what a copy to user space costs, so the report says which the boot had.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |f: &str| u8::from(flags.contains(&f));
+    println!("BENCH,cpu,{},{}", has("erms"), has("fsrm"));
     let sizes: Vec<usize> = [1024usize, 4096, 16384, 65536, 262144]
         .into_iter()
         .filter(|&n| n <= max)
