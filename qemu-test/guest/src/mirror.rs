@@ -768,8 +768,8 @@ fn attachments() -> Result<u64, String> {
 pub fn lifecycle(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
     let base = attachments()?;
-    // KTAP cases: close, then exits with 0, 1 and 2 faulting threads.
-    ktap::start(Some(4));
+    // KTAP cases: close, the global counters, then exits with 0, 1 and 2 faulting threads.
+    ktap::start(Some(5));
     ktap::stop_at_failure();
     ktap::case("close detaches; debugfs equals STATS", || {
         let m = Mapping::anon(16)?;
@@ -809,6 +809,58 @@ pub fn lifecycle(_: &[String]) -> Result<(), String> {
         eq_or("attachments after close", attachments()?, base)
     });
 
+    // The global files are summed when read: over the attachments alive, plus the event
+    // counters the ones gone left behind (their gauges leave with their tables).
+    ktap::case(
+        "global counters: the attachments alive plus those gone",
+        || {
+            const NAMES: [&str; 4] = ["faults", "zapped", "present", "table_pages"];
+            let read = || -> Result<Vec<u64>, String> {
+                NAMES.iter().map(|n| debugfs_counter("global", n)).collect()
+            };
+            let g0 = read()?;
+            let delta = || -> Result<Vec<u64>, String> {
+                Ok(read()?
+                    .iter()
+                    .zip(&g0)
+                    .map(|(v, b)| v.wrapping_sub(*b))
+                    .collect())
+            };
+            let expect = |when: &str, want: [u64; 4]| -> Result<(), String> {
+                let got = delta()?;
+                for ((name, g), w) in NAMES.iter().zip(&got).zip(want) {
+                    eq_or(&format!("global {name} ({when})"), *g, w)?;
+                }
+                Ok(())
+            };
+            let m1 = Mapping::anon(8)?;
+            fill(&m1, 3);
+            let m2 = Mapping::anon(24)?;
+            fill(&m2, 4);
+            let s1 = Spt::open()?;
+            s1.attach(m1.addr, m1.len, MODE_CHANGE_PTE)?;
+            let s2 = Spt::open()?;
+            s2.attach(m2.addr, m2.len, MODE_ZAP)?;
+            eq_or(
+                "faults of the first",
+                s1.fault(m1.addr, 3 * PAGE, false)?,
+                3,
+            )?;
+            eq_or(
+                "faults of the second",
+                s2.fault(m2.addr, 5 * PAGE, false)?,
+                5,
+            )?;
+            let (t1, t2) = (s1.stats()?.table_pages, s2.stats()?.table_pages);
+            expect("both alive", [8, 0, 8, t1 + t2])?;
+            // Closing detaches: unregistration's `release` zaps the 3 entries of the first.
+            drop(s1);
+            expect("the first gone", [8, 3, 5, t2])?;
+            drop(s2);
+            expect("both gone", [8, 8, 0, 0])
+        },
+    );
+
     // Exit while attached, with and without a thread faulting at that moment.
     for threads in [0usize, 1, 2] {
         ktap::case(
@@ -846,7 +898,7 @@ pub fn lifecycle(_: &[String]) -> Result<(), String> {
         );
     }
     if !ktap::failed() {
-        println!("close detaches and removes {DEBUGFS}/<id>; debugfs equals the ioctl counters; 15 exits while attached (0, 1, 2 faulting threads) each ran release once");
+        println!("close detaches and removes {DEBUGFS}/<id>; debugfs equals the ioctl counters; global counters sum the attachments alive and gone; 15 exits while attached (0, 1, 2 faulting threads) each ran release once");
     }
     ktap::finish()
 }
