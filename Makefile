@@ -5,6 +5,7 @@
 #   make              build shadowpt.ko (sets up tools and the test kernel if missing)
 #   make run          the demo: boot the guest, load the module, show what it does
 #   make check        everything: host checks, harness self-tests, guest test suite
+#   make htmldocs     Documentation/ as HTML (Sphinx) -> qemu-test/out/htmldocs
 #   make bench        benchmarks -> Documentation/benchmarks.md (long: BENCH_MAX=65536 is shorter)
 #   make stress       30-minute coherence stress run (STRESS_SECS=, SEED=)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
@@ -39,13 +40,13 @@ OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules modules_install test-modules setup kernel guest initramfs run check selftest bench stress check-series compare-hmm \
+.PHONY: all modules modules_install test-modules setup kernel guest initramfs run check htmldocs selftest bench stress check-series compare-hmm \
 	compare-kvm compare-mm check-kasan clean help
 
 all: modules
 
 help:
-	@sed -n '3,17p' Makefile
+	@sed -n '3,18p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -79,6 +80,11 @@ run: initramfs
 
 check: initramfs
 	@$(QT)/check
+
+# Documentation/ with Sphinx, warnings as errors (make check runs the same build), with the
+# kernel's kernel-doc extension that scripts/setup unpacks (or the tree in srctree=...).
+htmldocs: setup
+	@$(SCRIPTS)/check-docs $(OUT)/htmldocs && echo "htmldocs: $(OUT)/htmldocs/index.html"
 
 # Benchmarks: writes Documentation/benchmarks.md (BENCH_MAX=65536 for a shorter run).
 bench: guest

@@ -13,6 +13,14 @@
 : "${LIBCLANG_PATH:=/usr/lib/llvm-19/lib}"
 BINDGEN_VERSION=0.72.1
 : "${SHADOWPT_BINDGEN:=$SHADOWPT_CACHE/tools/bin/bindgen}"
+# The kernel tree whose kernel-doc (Documentation/sphinx, tools/lib/python) builds the
+# documentation (scripts/check-docs): the source tree in SHADOWPT_LINUX_SRC, or what setup
+# unpacks from the source tarball.
+if [ -d "${SHADOWPT_LINUX_SRC:-}" ]; then
+	: "${SHADOWPT_KERNEL_DOC:=$SHADOWPT_LINUX_SRC}"
+else
+	: "${SHADOWPT_KERNEL_DOC:=$SHADOWPT_CACHE/kernel-doc}"
+fi
 # sparse for check-series, built by setup (SHADOWPT_SETUP_SERIES=1).
 : "${SHADOWPT_SPARSE:=$SHADOWPT_CACHE/tools/bin/sparse}"
 # SHADOWPT_VARIANT selects a variant of the test kernel: its fragment qemu-test/<variant>.config
@@ -31,5 +39,5 @@ else
 	SHADOWPT_LLVM=
 fi
 export SHADOWPT_CACHE SHADOWPT_RUSTC SHADOWPT_RUSTDOC SHADOWPT_RUST_SRC LIBCLANG_PATH SHADOWPT_BINDGEN
-export SHADOWPT_CARGO SHADOWPT_RUSTFMT SHADOWPT_SPARSE
+export SHADOWPT_CARGO SHADOWPT_RUSTFMT SHADOWPT_SPARSE SHADOWPT_KERNEL_DOC
 export SHADOWPT_VARIANT SHADOWPT_LLVM
