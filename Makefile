@@ -6,7 +6,7 @@
 #   make run          the demo: boot the guest, load the module, show what it does
 #   make check        everything: host checks, harness self-tests, guest test suite
 #   make htmldocs     Documentation/ as HTML (Sphinx) -> qemu-test/out/htmldocs
-#   make bench        benchmarks -> Documentation/benchmarks.md (long: BENCH_MAX=65536 is shorter)
+#   make bench        benchmarks -> Documentation/benchmarks.md (~15 min; BENCH_MAX=, default 65536)
 #   make stress       30-minute coherence stress run (STRESS_SECS=, SEED=)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
 #   make KDIR=... modules_install   install it there (INSTALL_MOD_PATH= for a staging root)
@@ -86,7 +86,8 @@ check: initramfs
 htmldocs: setup
 	@$(SCRIPTS)/check-docs $(OUT)/htmldocs && echo "htmldocs: $(OUT)/htmldocs/index.html"
 
-# Benchmarks: writes Documentation/benchmarks.md (BENCH_MAX=65536 for a shorter run).
+# Benchmarks: writes Documentation/benchmarks.md. BENCH_MAX (default 65536) is the largest N of
+# the mirror experiments; 262144 takes about three times as long.
 bench: guest
 	@$(QT)/bench
 
