@@ -7,6 +7,7 @@
 #   make check        everything: host checks, harness self-tests, guest test suite
 #   make htmldocs     Documentation/ as HTML (Sphinx) -> qemu-test/out/htmldocs
 #   make bench        benchmarks -> Documentation/benchmarks.md (~15 min; BENCH_MAX=, default 65536)
+#   make bench-vm     two Linux L2s under KVM and KSM -> Documentation/benchmarks-vm.md (~25 min)
 #   make stress       30-minute coherence stress run (STRESS_SECS=, SEED=)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
 #   make KDIR=... modules_install   install it there (INSTALL_MOD_PATH= for a staging root)
@@ -40,13 +41,13 @@ OWN_KERNEL := 0
 KMAKE_VARS =
 endif
 
-.PHONY: all modules modules_install test-modules setup kernel guest initramfs run check htmldocs selftest bench stress check-series compare-hmm \
+.PHONY: all modules modules_install test-modules setup kernel guest initramfs run check htmldocs selftest bench bench-vm stress check-series compare-hmm \
 	compare-kvm compare-mm check-kasan clean help
 
 all: modules
 
 help:
-	@sed -n '3,18p' Makefile
+	@sed -n '3,19p' Makefile
 
 setup:
 	@$(SCRIPTS)/setup
@@ -90,6 +91,11 @@ htmldocs: setup
 # the mirror experiments; 262144 takes about three times as long.
 bench: guest
 	@$(QT)/bench
+
+# Linux L2 guests under KVM in the TCG guest, KSM merging their memory: writes
+# Documentation/benchmarks-vm.md (BENCH_VM_REPS=... etc., see qemu-test/bench-vm).
+bench-vm: guest
+	@$(QT)/bench-vm
 
 # Long stress run (STRESS_SECS, default 1800; SEED to reproduce a run).
 stress: initramfs

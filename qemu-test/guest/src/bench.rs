@@ -41,7 +41,7 @@ struct MergeCost {
 }
 
 /// ksmd's pid.
-fn ksmd_pid() -> Result<libc::pid_t, String> {
+pub(crate) fn ksmd_pid() -> Result<libc::pid_t, String> {
     for e in std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))? {
         let e = e.map_err(|e| format!("/proc: {e}"))?;
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -55,7 +55,7 @@ fn ksmd_pid() -> Result<libc::pid_t, String> {
 }
 
 /// The CPU time `pid` has used, in ns (its CPU-time clock: the scheduler's runtime, not ticks).
-fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
+pub(crate) fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
     let mut clock: libc::clockid_t = 0;
     // SAFETY: `clock` is valid for writing.
     let r = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };

@@ -153,7 +153,7 @@ fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
     })
 }
 
-fn read_trimmed(path: &str) -> Result<String, String> {
+pub(crate) fn read_trimmed(path: &str) -> Result<String, String> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| format!("{path}: {e}"))
@@ -313,7 +313,7 @@ fn unload_kvm(all: bool) -> Result<(), String> {
 }
 
 /// (Re)loads KVM with the TDP MMU or the shadow MMU; kvm_amd must load and use NPT.
-fn load_kvm(tdp_mmu: bool) -> Result<(), String> {
+pub(crate) fn load_kvm(tdp_mmu: bool) -> Result<(), String> {
     for (_, path) in MODULES {
         check(Path::new(path).exists(), || {
             format!("{path} missing: the initramfs was built from a kernel without KVM_AMD=m")
@@ -340,7 +340,7 @@ fn load_kvm(tdp_mmu: bool) -> Result<(), String> {
 }
 
 /// Sets `kvm.change_pte` for the VMs created from now on, and reads it back.
-fn set_change_pte(keep: bool) -> Result<(), String> {
+pub(crate) fn set_change_pte(keep: bool) -> Result<(), String> {
     let v = if keep { "Y" } else { "N" };
     check(Path::new(PARAM_CHANGE_PTE).exists(), || {
         format!(

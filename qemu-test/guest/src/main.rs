@@ -22,6 +22,7 @@ mod races;
 mod spt;
 mod stress;
 mod util;
+mod vmbench;
 
 use std::process::exit;
 
@@ -87,6 +88,20 @@ const TESTS: &[Test] = &[
     Test {
         name: "stress",
         run: stress::stress,
+    },
+    // Linux L2 guests under KVM: the smoke test (default suite), `make bench-vm` and what
+    // runs inside each of its L2s.
+    Test {
+        name: "l2_boot",
+        run: vmbench::l2_boot,
+    },
+    Test {
+        name: "bench_vm",
+        run: vmbench::bench_vm,
+    },
+    Test {
+        name: "l2_work",
+        run: vmbench::l2_work,
     },
     // `make bench` (not in the default suite).
     Test {
