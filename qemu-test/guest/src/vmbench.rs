@@ -741,9 +741,25 @@ pub fn bench_vm(_args: &[String]) -> Result<(), String> {
         1 => vec!["N"],
         _ => vec!["Y", "N"],
     };
+    // A configuration whose L2s fail (an L2 that dies, a command that times out) is reported,
+    // as a record the report shows first, and the others still run.
     for thp in thps {
         for cpte in &cptes {
-            config(&conf, thp, cpte)?;
+            if let Err(e) = config(&conf, thp, cpte) {
+                println!("bench_vm: THP {thp}, kvm.change_pte={cpte}: FAILED: {e}");
+                let msg: String = e
+                    .chars()
+                    .take(300)
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                println!("BENCHVM,vm_error,{thp},{cpte},{msg}");
+            }
         }
     }
     println!("bench_vm: done");
