@@ -675,6 +675,9 @@ fn config(conf: &Conf, thp: &str, cpte: &str) -> Result<(), String> {
     // initramfs, the working sets (b's first half, once per boot).
     run.step("fill", "fill 1", 0, 0)?;
     run.merge("bootmerge", 0, 0)?;
+    // The first re-touch after the first merge: with THP, where KSM split the huge pages it
+    // merged into (an unflagged invalidation of each 2 MiB, which zaps in both modes).
+    run.step("firsttouch", "touch", 0, 0)?;
     let mut seed = 2;
     for rep in 1..=conf.reps {
         println!("bench_vm: THP {thp}, kvm.change_pte={cpte}: rep {rep}");
@@ -713,12 +716,12 @@ fn config(conf: &Conf, thp: &str, cpte: &str) -> Result<(), String> {
 /// kvm.change_pte Y/N, `shadowpt.bench_vm_reps` repetitions at each KSM rate.
 pub fn bench_vm(_args: &[String]) -> Result<(), String> {
     let conf = Conf {
-        reps: param("bench_vm_reps", 5)?,
+        reps: param("bench_vm_reps", 7)?,
         mem: param("bench_vm_mem", 192)?,
         anon: param("bench_vm_anon", 2048)?,
         file: param("bench_vm_file", 1024)?,
-        build: param("bench_vm_build", 3)?,
-        window: param("bench_vm_window", 8)?,
+        build: param("bench_vm_build", 12)?,
+        window: param("bench_vm_window", 10)?,
     };
     let thps: Vec<&str> = match param("bench_vm_thp", 2)? {
         0 => vec!["never"],
