@@ -27,7 +27,7 @@ done
 echo "\$ rmmod shadowpt"
 rmmod shadowpt
 echo
-echo "KVM, the in-tree user (patches 0009-0010): a minimal VMM on rust-vmm's kvm-ioctls runs an L2"
+echo "KVM, the in-tree user (patches 0009-0012): a minimal VMM on rust-vmm's kvm-ioctls runs an L2"
 echo "guest (nested SVM, emulated by QEMU) that reads 1024 identical pages of its memory; KSM merges"
 echo "them, then the VMM writes every page (a host-side COW). NPT faults are KVM's own pf_taken stat;"
 echo "kvm.change_pte=N makes a new VM zap like mainline KVM."
