@@ -12,8 +12,9 @@
 //! Every file is documented in `Documentation/debugfs.rst`.
 
 use crate::{
+    global::{self, Global},
     mirror::{Mode, State},
-    stats::{self, Global},
+    stats,
 };
 use core::fmt;
 use kernel::{
@@ -45,7 +46,7 @@ struct Attachments;
 
 impl fmt::Debug for Attachments {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", stats::attachments())
+        write!(f, "{}", global::attachments())
     }
 }
 

@@ -18,8 +18,8 @@
 
 use crate::{
     debugfs,
+    global::Registered,
     mirror::{pages, FaultContext, Mirror, Mode, State, PIN_BATCH},
-    stats::Registered,
     table::{leaf_end, ADDRESS_LIMIT},
     uapi,
 };

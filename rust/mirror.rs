@@ -30,7 +30,7 @@
 //! One lock, [`State::inner`], a spinlock (callbacks may not sleep: `change_pte` runs under the
 //! primary page table lock, and OOM-reaper invalidations are non-blockable). Lock order:
 //! `mmap_lock` / primary PTL (held by the core mm around callbacks) -> `State::inner`; the
-//! registry of the global counters (`stats::REGISTRY`, a mutex) -> `State::inner`. Nothing is
+//! registry of the global counters (`global::REGISTRY`, a mutex) -> `State::inner`. Nothing is
 //! allocated and no user memory is touched with `inner` held; GUP and allocations happen between
 //! the two lock sections of a fault. The attachment's counters live under `inner` too: every
 //! callback takes it anyway, so counting costs it no atomic operation.

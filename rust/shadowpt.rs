@@ -5,19 +5,21 @@
 //! - [`device`]: `/dev/shadowpt`, its ioctls and the attachments they create;
 //! - [`mirror`]: one attachment's secondary MMU: fault path and MMU notifier callbacks;
 //! - [`table`]: the four-level radix page table;
-//! - [`stats`] and [`debugfs`]: the counters and `/sys/kernel/debug/shadowpt/`;
+//! - [`stats`]: the counters; [`global`]: the attachments alive and the global counters;
+//! - [`debugfs`]: the files of `/sys/kernel/debug/shadowpt/`;
 //! - [`uapi`]: the ioctl ABI (`include/uapi/linux/shadowpt.h`).
 //!
 //! Lock order, outermost first: `ShadowPtFile::attachment` (a mutex, never held across anything
 //! that sleeps on the mm) is independent of the rest; the core mm's `mmap_lock` and page table
 //! locks, held around notifier callbacks, and the registry of the global counters
-//! (`stats::REGISTRY`, a mutex) come before `mirror::State::inner` (a spinlock, innermost).
+//! (`global::REGISTRY`, a mutex) come before `mirror::State::inner` (a spinlock, innermost).
 //! See `Documentation/design.rst`.
 
 use kernel::prelude::*;
 
 mod debugfs;
 mod device;
+mod global;
 mod mirror;
 mod stats;
 mod table;
@@ -60,7 +62,7 @@ impl kernel::InPlaceModule for ShadowPtModule {
             // Initialised first: opening the device needs the debugfs root and the registry of
             // the global counters.
             debugfs: {
-                stats::init();
+                global::init();
                 debugfs::Root::new()?
             },
             miscdev <- device::register(),
