@@ -372,13 +372,27 @@ impl Table {
 
     /// Maps `addr` with `entry` (present), creating missing tables from `cache`, which must have
     /// been [topped up](NodeCache::top_up). Returns the entry it replaced.
+    ///
+    /// All or nothing: everything that can fail is checked before the first change, so an error
+    /// leaves the table (counts, live bits, tables) and the cache as they were.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if `cache` lacks a table the path needs (a caller that did not top it up).
     pub(crate) fn install(
         &mut self,
         addr: usize,
         entry: Entry,
         cache: &mut NodeCache,
     ) -> Result<Entry> {
-        // The old entry first, so that the walk below knows whether the subtree gains one.
+        // The path from the root lacks its tables from level `missing - 1` down: `missing - 1`
+        // directories and a leaf.
+        let missing = self.missing_tables(addr) as usize;
+        if missing > 0 && (cache.leaves.is_empty() || cache.dirs.len() < missing - 1) {
+            return Err(ENOMEM);
+        }
+        // Nothing below can fail. The old entry first, so that the walk knows whether the
+        // subtree gains one.
         let old = self.lookup(addr);
         let added = usize::from(!old.present());
         let mut node = &mut *self.root;
@@ -388,25 +402,28 @@ impl Table {
             if added != 0 {
                 set_live(&mut node.live, index(addr, level));
             }
+            // The tables of levels `LEVELS - 1..=1` are directories (`Node` invariant of the
+            // tree's shape): not reached.
             let Slots::Dir(slots) = &mut node.slots else {
                 return Err(EINVAL);
             };
             let slot = &mut slots[index(addr, level)];
             if slot.is_none() {
+                // Checked above: the cache holds a table for each missing level.
                 let child = if level == 1 {
                     cache.leaves.pop()
                 } else {
                     cache.dirs.pop()
                 };
-                // `top_up()` provides one table per level; running out is a caller bug.
-                *slot = Some(child.ok_or(ENOMEM)?);
+                *slot = child;
                 node.count += 1;
                 self.pages += 1;
             }
-            // The slot was filled just above if it was empty.
+            // The slot was filled just above if it was empty: not reached.
             node = slot.as_deref_mut().ok_or(EINVAL)?;
             level -= 1;
         }
+        // Level 0 is a leaf (the tree's shape): not reached.
         let Slots::Leaf(slots) = &mut node.slots else {
             return Err(EINVAL);
         };
@@ -697,6 +714,35 @@ mod tests {
             5 * leaf
         );
         assert_eq!(t.first_failing(4 * leaf, 8 * leaf, present), 4 * leaf);
+        Ok(())
+    }
+
+    /// An installation that needs a table the cache lacks fails with `ENOMEM` and changes
+    /// nothing: no count, no live bit, no table (a zap of everything afterwards finds exactly the
+    /// one entry installed later, and the root's counts agree with the table's).
+    #[test]
+    fn install_without_tables_changes_nothing() -> Result {
+        let leaf = slot_span(1);
+        let mut t = table_with(&[0])?;
+        let mut empty = NodeCache::new();
+        assert_eq!(t.install(leaf, entry(2), &mut empty), Err(ENOMEM));
+        assert_eq!(t.install(slot_span(3), entry(3), &mut empty), Err(ENOMEM));
+        assert_eq!((t.present(), t.pages()), (1, 4));
+        assert_eq!(t.root.present, 1);
+        assert!(!t.lookup(leaf).present());
+        // Only slot 0 of the root is live.
+        assert_eq!(t.root.live[0], 1);
+        assert!(t.root.live[1..].iter().all(|&w| w == 0));
+        // A partly stocked cache (a leaf, no directory) is refused too, and kept whole.
+        let mut partial = NodeCache::new();
+        partial.leaves.push(Node::new_leaf()?, GFP_KERNEL)?;
+        assert_eq!(t.install(slot_span(3), entry(3), &mut partial), Err(ENOMEM));
+        assert_eq!((partial.leaves.len(), t.pages()), (1, 4));
+        // The leaf is enough where only the leaf is missing.
+        t.install(leaf, entry(4), &mut partial)?;
+        assert_eq!((t.present(), t.pages(), t.root.present), (2, 5, 2));
+        assert_eq!(t.zap(0, ADDRESS_LIMIT).entries, 2);
+        assert_eq!((t.present(), t.root.present), (0, 0));
         Ok(())
     }
 
