@@ -137,7 +137,9 @@ fn refine_fault_error(mm: &MmWithUser, addr: usize, write: bool, err: Error) -> 
 /// Faults in, when `page` reaches `*populated_to`, what the table lacks of the leaf table's span
 /// that starts at `page` (up to `end_page` at most), with one lookup for the run, and moves
 /// `*populated_to` to the end of that span. Errors are ignored: the copy that follows faults
-/// page by page where the batch stopped, and reports the error at the page where it happens.
+/// page by page where the batch stopped, and reports the error at the page where it happens. A
+/// failed batch keeps no page reference ([`Mirror::populate`] drops them on every return), so
+/// the copy does not hold them.
 fn populate_ahead(
     mirror: &Mirror,
     page: usize,

@@ -297,6 +297,9 @@ impl Mirror {
     /// write fault always installs its own entry, even when the write broke copy-on-write and
     /// `change_pte` moved the old entry to the new page.)
     ///
+    /// Holds no page reference when it returns, whatever it returns: the lookup's references go
+    /// once their entries are installed, or at the error that stopped the batch.
+    ///
     /// # Errors
     ///
     /// The first page that could not be mapped and why: `EFAULT` if the process cannot access
@@ -304,6 +307,24 @@ impl Mirror {
     /// `EINTR` on a pending signal while retrying, `ENXIO` once the address space is gone. The
     /// pages before it are mapped.
     pub(crate) fn populate(
+        &self,
+        start: usize,
+        end: usize,
+        write: bool,
+        ctx: &mut FaultContext,
+        faults: &mut u64,
+    ) -> core::result::Result<(), FaultError> {
+        let r = self.populate_batches(start, end, write, ctx, faults);
+        // Up to a batch (512 pages) of references is still held if a step after the lookup
+        // failed (tables, the `max_table_pages` cap, ENXIO): drop them here, after the lock,
+        // rather than keep them, and the pages unmovable, while the caller goes on (a READ
+        // copies on after a failed fault-ahead).
+        ctx.pages.clear();
+        r
+    }
+
+    /// [`Mirror::populate`]'s batches; may return with references left in `ctx.pages`.
+    fn populate_batches(
         &self,
         start: usize,
         end: usize,

@@ -250,7 +250,41 @@ fn table_cap() -> Result<(), String> {
         check(data[0] == 1 && f == 0, || {
             "read through the capped table".into()
         })?;
-        println!("max_table_pages=6: {ok} pages mapped, {enomem} faults refused with ENOMEM, table intact");
+        // A FAULT, READ and WRITE of the whole region fail with ENOMEM at the first leaf table
+        // the cap refuses, after their lookup took references on up to 512 pages of it: none
+        // may outlive the failure, so every refused page must still migrate.
+        let snap = s.snapshot(m.addr, m.pages())?;
+        let refused: Vec<usize> = (0..2048)
+            .filter(|&i| snap[i] & PAGE_PRESENT == 0)
+            .map(|i| m.page_addr(i))
+            .collect();
+        eq("pages the cap refused", refused.len() as u64, enomem)?;
+        let whole = m.bytes(0, m.len);
+        let mut buf = vec![0u8; m.len];
+        for (what, r) in [
+            ("FAULT", s.try_fault(m.addr, m.len, false)),
+            ("READ", s.try_read(m.addr, &mut buf)),
+            ("WRITE", s.try_write(m.addr, &whole)),
+        ] {
+            check(r == Err(libc::ENOMEM), || {
+                format!("{what} of the whole region under the cap: {r:?}, expected ENOMEM")
+            })?;
+        }
+        let now = crate::stress::move_pages(&refused, None)?;
+        let to: Vec<i32> = now.iter().map(|&n| 1 - n.clamp(0, 1)).collect();
+        let after = crate::stress::move_pages(&refused, Some(&to))?;
+        let moved = after.iter().zip(&to).filter(|(a, t)| a == t).count();
+        check(moved == refused.len(), || {
+            format!(
+                "{moved} of the {} refused pages migrated after the failed calls (statuses {:?})",
+                refused.len(),
+                &after[..after.len().min(8)]
+            )
+        })?;
+        check(m.bytes(0, m.len) == whole, || {
+            "data changed by the failed calls".into()
+        })?;
+        println!("max_table_pages=6: {ok} pages mapped, {enomem} faults refused with ENOMEM, table intact; after a FAULT, READ and WRITE failing there, all {moved} refused pages migrated");
         Ok(())
     })();
     rmmod()?;

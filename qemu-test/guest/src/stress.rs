@@ -372,7 +372,7 @@ fn churn(sh: &Shared, s: &Spt, rng: &mut Rng, out: &mut Churn) {
 
 /// `move_pages(2)` on our own pages: with `nodes`, moves them; without, asks where they are.
 /// Returns the per-page status (a node, or a negative errno).
-fn move_pages(addrs: &[usize], nodes: Option<&[i32]>) -> Result<Vec<i32>, String> {
+pub(crate) fn move_pages(addrs: &[usize], nodes: Option<&[i32]>) -> Result<Vec<i32>, String> {
     let mut status = vec![0i32; addrs.len()];
     // SAFETY: `addrs`, `nodes` (if any) and `status` all have `addrs.len()` entries; pid 0 is
     // this process.
