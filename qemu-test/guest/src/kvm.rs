@@ -39,8 +39,9 @@ use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::util::*;
 use kvm_bindings::{
-    kvm_segment, kvm_stats_desc, kvm_stats_header, kvm_userspace_memory_region, KVMIO,
-    KVM_CAP_BINARY_STATS_FD,
+    kvm_create_guest_memfd, kvm_segment, kvm_stats_desc, kvm_stats_header,
+    kvm_userspace_memory_region, kvm_userspace_memory_region2, KVMIO, KVM_CAP_BINARY_STATS_FD,
+    KVM_MEM_GUEST_MEMFD,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use std::fs::{self, File};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // kvm-ioctls 0.25 has no wrapper for KVM_GET_STATS_FD, so the request number is made here the way
@@ -80,9 +82,9 @@ const RESULTS: usize = 0x1000;
 const MAX_PAGES: usize = (SLOT0_SIZE - RESULTS) / 4;
 /// Slot 1 starts at 2 MiB: 2 MiB-aligned (like its host address in the THP case), so KVM may map
 /// it with a huge SPTE; also 8-page aligned, which the shadow MMU's prefetch depends on.
-const SLOT1_GPA: u64 = 0x20_0000;
+pub(crate) const SLOT1_GPA: u64 = 0x20_0000;
 /// Offset in every page of the word the L2 reads and writes.
-const WORD: usize = 0x100;
+pub(crate) const WORD: usize = 0x100;
 const HUGE: usize = 2 << 20;
 
 // Ports and commands of the L2's protocol.
@@ -147,7 +149,7 @@ const L2_CODE: &[u8] = &[
     0xeb, 0x88,                         // jmp start (0x00)
 ];
 
-fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
+pub(crate) fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
     check(got == want, || {
         format!("{what}: got {got}, expected {want}")
     })
@@ -262,25 +264,25 @@ fn stat(m: &HashMap<String, u64>, name: &str, what: &str) -> Result<u64, String>
 
 /// The counters a step is judged by.
 #[derive(Clone, Copy, Debug)]
-struct Counts {
+pub(crate) struct Counts {
     /// vCPU `pf_taken`: NPT faults KVM handled.
-    faults: u64,
+    pub(crate) faults: u64,
     /// VM `change_pte_updated` / `change_pte_zapped` (the series' stats; None on a mainline KVM).
-    updated: Option<u64>,
-    zapped: Option<u64>,
+    pub(crate) updated: Option<u64>,
+    pub(crate) zapped: Option<u64>,
     /// VM `pages_2m`: huge SPTEs now (an instant counter, not a delta).
-    pages_2m: u64,
+    pub(crate) pages_2m: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Delta {
-    faults: u64,
-    updated: Option<u64>,
-    zapped: Option<u64>,
+pub(crate) struct Delta {
+    pub(crate) faults: u64,
+    pub(crate) updated: Option<u64>,
+    pub(crate) zapped: Option<u64>,
 }
 
 impl Counts {
-    fn since(&self, before: &Counts) -> Delta {
+    pub(crate) fn since(&self, before: &Counts) -> Delta {
         let d = |a: Option<u64>, b: Option<u64>| Some(a? - b?);
         Delta {
             faults: self.faults - before.faults,
@@ -403,8 +405,31 @@ impl Saved {
     }
 }
 
+/// Runs a KVM test `f`: KSM's knobs and vm.compaction_proactiveness are saved first and restored
+/// afterwards (unmerging everything), and KVM is unloaded, whether `f` failed or not.
+pub(crate) fn run_restoring(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let saved = Saved::take()?;
+    let r = f();
+    let cleanup = saved.restore().and(unload_kvm(true));
+    match (r, cleanup) {
+        (Ok(()), c) => c,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(format!("{e}; cleaning up: {c}")),
+    }
+}
+
+/// Turns proactive compaction off (restored by [`run_restoring`]): it could migrate guest pages
+/// in the middle of a step (a zap, and faults nobody asked for).
+pub(crate) fn compaction_off() -> Result<(), String> {
+    if Path::new(COMPACTION_PROACTIVENESS).exists() {
+        fs::write(COMPACTION_PROACTIVENESS, "0")
+            .map_err(|e| format!("{COMPACTION_PROACTIVENESS}=0: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Stops KSM, unmerges everything, and sets it up for `pages` pages merged into one KSM page.
-fn ksm_reset(pages: usize) -> Result<(), String> {
+pub(crate) fn ksm_reset(pages: usize) -> Result<(), String> {
     ksm::reset(pages)?;
     ksm::write("max_page_sharing", &(pages + 2).to_string())
 }
@@ -413,7 +438,7 @@ fn ksm_reset(pages: usize) -> Result<(), String> {
 // Slot 1's memory.
 
 /// The identical content of every page: its word at `WORD` is `pattern_word()`.
-fn pattern() -> Vec<u8> {
+pub(crate) fn pattern() -> Vec<u8> {
     (0..PAGE)
         .map(|j| (j as u8).wrapping_mul(7) ^ 0x3c)
         .collect()
@@ -433,6 +458,19 @@ fn cow_word(i: usize) -> u32 {
 const WRITE_BASE: u32 = 0x5000_0000;
 /// What the VMM puts into the results area before a read pass, so every result must be written.
 const POISON: u32 = 0xdead_0000;
+
+/// The word at `WORD` of the page at host address `page` (one 32-bit load).
+pub(crate) fn page_word(page: usize) -> u32 {
+    // SAFETY: Callers pass a page of a mapping they own (or borrow), readable; WORD is aligned.
+    unsafe { std::ptr::read_volatile((page + WORD) as *const u32) }
+}
+
+/// Writes `w` at `WORD` of the page at host address `page`, in one 32-bit store (an L2 reading the
+/// page meanwhile sees the old word or the new one, never a mix).
+pub(crate) fn set_page_word(page: usize, w: u32) {
+    // SAFETY: Callers pass a page of a writable mapping they own (or borrow); WORD is aligned.
+    unsafe { std::ptr::write_volatile((page + WORD) as *mut u32, w) }
+}
 
 /// Slot 1's backing: `n` guest pages and one partner page, outside the memslot, just before.
 struct Region {
@@ -482,13 +520,8 @@ impl Region {
         }
     }
 
-    fn word(&self, i: usize) -> u32 {
-        let b = Mapping::view(self.page(i), PAGE).bytes(WORD, 4);
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-
     fn set_word(&self, i: usize, w: u32) {
-        Mapping::view(self.page(i), PAGE).put(WORD, &w.to_le_bytes());
+        set_page_word(self.page(i), w);
     }
 
     /// The pfns of the partner (index 0) and the guest pages (1..=n).
@@ -533,16 +566,36 @@ impl Region {
 // ---------------------------------------------------------------------------------------------
 // The VM.
 
-struct Vm<'a> {
+/// What backs slot 1 (`n` pages at `SLOT1_GPA`).
+#[derive(Clone, Copy)]
+pub(crate) enum Slot1<'a> {
+    /// The VMM's memory: the pages from host address `addr`, inside `owner`, which outlives the
+    /// VM (KVM_SET_USER_MEMORY_REGION).
+    User { owner: &'a Mapping, addr: usize },
+    /// A guest_memfd the VM creates with `flags` (and the VMM maps shared, [`Vm::gmem`]), with
+    /// `userspace` as the slot's `userspace_addr` (KVM_SET_USER_MEMORY_REGION2,
+    /// KVM_MEM_GUEST_MEMFD). The guest's pages are the guest_memfd's, whatever `userspace` holds.
+    Gmem { flags: u64, userspace: &'a Mapping },
+}
+
+/// A guest_memfd and the VMM's shared mapping of it.
+pub(crate) struct Gmem {
+    pub(crate) map: Mapping,
+    _file: File,
+}
+
+pub(crate) struct Vm<'a> {
     // Fds before slot 0's mapping: the VM is gone before its memory is unmapped (slot 1's is
     // borrowed, so it outlives the VM).
     vcpu: VcpuFd,
     vm_stats: StatsFd,
     vcpu_stats: StatsFd,
-    vm: VmFd,
+    /// Shared with threads that change memslots while the vCPU runs ([`Vm::fd`]).
+    vm: Arc<VmFd>,
     _kvm: Kvm,
+    gmem: Option<Gmem>,
     slot0: Mapping,
-    region: &'a Region,
+    slot1: Slot1<'a>,
     n: usize,
     /// Whether the series' stats are required (not in `mainline` runs).
     patched: bool,
@@ -570,10 +623,25 @@ impl<'a> Vm<'a> {
     /// A VM with slot 0 (code, results) and slot 1 = `region`'s guest pages, its vCPU at the L2's
     /// entry in flat 32-bit protected mode.
     fn new(region: &'a Region, patched: bool) -> Result<Self, String> {
-        let n = region.n;
+        let slot1 = Slot1::User {
+            owner: &region.map,
+            addr: region.guest,
+        };
+        Self::with(slot1, region.n, patched)
+    }
+
+    /// A VM with slot 0 (code, results) and slot 1 = `n` pages of `slot1`, its vCPU at the L2's
+    /// entry in flat 32-bit protected mode.
+    pub(crate) fn with(slot1: Slot1<'a>, n: usize, patched: bool) -> Result<Self, String> {
         check((1..=MAX_PAGES).contains(&n), || {
             format!("N={n} outside 1..={MAX_PAGES}")
         })?;
+        if let Slot1::User { owner, addr } = slot1 {
+            check(
+                addr >= owner.addr && addr + n * PAGE <= owner.addr + owner.len,
+                || format!("slot 1's {n} pages at {addr:#x} lie outside their mapping"),
+            )?;
+        }
         let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
         let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
         check(
@@ -585,10 +653,10 @@ impl<'a> Vm<'a> {
         slot0.put(0, L2_CODE);
         slot0.put(PARAMS, &((SLOT1_GPA + WORD as u64) as u32).to_le_bytes());
         slot0.put(PARAMS + 4, &(n as u32).to_le_bytes());
-        let regions = [
-            (0, SLOT0_GPA, SLOT0_SIZE, slot0.addr),
-            (1, SLOT1_GPA, n * PAGE, region.guest),
-        ];
+        let mut regions = vec![(0, SLOT0_GPA, SLOT0_SIZE, slot0.addr)];
+        if let Slot1::User { addr, .. } = slot1 {
+            regions.push((1, SLOT1_GPA, n * PAGE, addr));
+        }
         for (slot, gpa, size, addr) in regions {
             let r = kvm_userspace_memory_region {
                 slot,
@@ -603,6 +671,10 @@ impl<'a> Vm<'a> {
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION slot {slot}: {e}"))?;
         }
+        let gmem = match slot1 {
+            Slot1::User { .. } => None,
+            Slot1::Gmem { flags, userspace } => Some(Self::gmem_slot(&vm, n, flags, userspace)?),
+        };
 
         let vcpu = vm
             .create_vcpu(0)
@@ -639,10 +711,11 @@ impl<'a> Vm<'a> {
             vcpu,
             vm_stats,
             vcpu_stats,
-            vm,
+            vm: Arc::new(vm),
             _kvm: kvm,
+            gmem,
             slot0,
-            region,
+            slot1,
             n,
             patched,
         };
@@ -650,6 +723,61 @@ impl<'a> Vm<'a> {
         // faults in the results pages, so that from here on only slot 1 faults.
         v.command(CMD_CLEAR, 0)?;
         Ok(v)
+    }
+
+    /// Slot 1 from a new guest_memfd of `n` pages (created with `flags`, mapped shared by the VMM)
+    /// with `userspace` as its `userspace_addr`.
+    fn gmem_slot(vm: &VmFd, n: usize, flags: u64, userspace: &Mapping) -> Result<Gmem, String> {
+        check(userspace.len >= n * PAGE, || {
+            format!("slot 1's userspace_addr mapping is shorter than {n} pages")
+        })?;
+        let size = (n * PAGE) as u64;
+        let fd = vm
+            .create_guest_memfd(kvm_create_guest_memfd {
+                size,
+                flags,
+                reserved: [0; 6],
+            })
+            .map_err(|e| format!("KVM_CREATE_GUEST_MEMFD (flags {flags:#x}): {e}"))?;
+        // SAFETY: A descriptor the kernel just returned, owned by nothing else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let map = Mapping::map(n, libc::MAP_SHARED, file.as_raw_fd())
+            .map_err(|e| format!("mmap of the guest_memfd: {e}"))?;
+        let r = kvm_userspace_memory_region2 {
+            slot: 1,
+            flags: KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: SLOT1_GPA,
+            memory_size: size,
+            userspace_addr: userspace.addr as u64,
+            guest_memfd_offset: 0,
+            guest_memfd: file.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `userspace` is borrowed for the VM's lifetime; the guest's pages are the
+        // guest_memfd's, which the VM owns (with the mapping, dropped with the VM).
+        unsafe { vm.set_user_memory_region2(r) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION2 slot 1 (guest_memfd): {e}"))?;
+        Ok(Gmem { map, _file: file })
+    }
+
+    /// The VM fd, for threads that change memslots while this thread runs the vCPU.
+    pub(crate) fn fd(&self) -> Arc<VmFd> {
+        Arc::clone(&self.vm)
+    }
+
+    /// The guest_memfd behind slot 1, if it is one ([`Slot1::Gmem`]).
+    pub(crate) fn gmem(&self) -> Option<&Gmem> {
+        self.gmem.as_ref()
+    }
+
+    /// Host address of slot 1's page `i` as the VMM sees the guest's data: in its own memory, or
+    /// in its mapping of the guest_memfd.
+    fn host_page(&self, i: usize) -> usize {
+        match (&self.slot1, &self.gmem) {
+            (_, Some(g)) => g.map.addr + i * PAGE,
+            (Slot1::User { addr, .. }, None) => addr + i * PAGE,
+            (Slot1::Gmem { .. }, None) => unreachable!("a guest_memfd slot without its mapping"),
+        }
     }
 
     /// Runs the vCPU to its next exit, which must be the L2's `in` from `port`; answers `value`.
@@ -679,7 +807,7 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn quit(&mut self) -> Result<(), String> {
+    pub(crate) fn quit(&mut self) -> Result<(), String> {
         self.answer_in(PORT_CMD, CMD_QUIT)?;
         match self.vcpu.run() {
             Ok(VcpuExit::Hlt) => Ok(()),
@@ -687,7 +815,7 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn counts(&self) -> Result<Counts, String> {
+    pub(crate) fn counts(&self) -> Result<Counts, String> {
         let vm = self.vm_stats.read()?;
         let vcpu = self.vcpu_stats.read()?;
         let opt = |name: &str| -> Result<Option<u64>, String> {
@@ -708,32 +836,40 @@ impl<'a> Vm<'a> {
     }
 
     /// A read pass: the L2 must have read `want[i]` from page i. Returns what it cost.
-    fn read_pass(&mut self, what: &str, want: &[u32]) -> Result<Delta, String> {
-        for i in 0..self.n {
-            self.slot0
-                .put(RESULTS + 4 * i, &(POISON | i as u32).to_le_bytes());
-        }
+    pub(crate) fn read_pass(&mut self, what: &str, want: &[u32]) -> Result<Delta, String> {
         let before = self.counts()?;
-        self.command(CMD_READ, 0)?;
+        let got = self.read_words()?;
         let d = self.counts()?.since(&before);
-        let got = self.slot0.bytes(RESULTS, 4 * self.n);
-        for (i, w) in want.iter().enumerate() {
-            let g =
-                u32::from_le_bytes([got[4 * i], got[4 * i + 1], got[4 * i + 2], got[4 * i + 3]]);
-            check(g == *w, || {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            check(g == w, || {
                 format!("{what}: the L2 read {g:#x} from page {i}, expected {w:#x}")
             })?;
         }
         Ok(d)
     }
 
-    /// A write pass: the L2 stores WRITE_BASE + i into page i; checked from the host side.
-    fn write_pass(&mut self, what: &str) -> Result<Delta, String> {
+    /// A read pass, unchecked: the word the L2 read from each page.
+    pub(crate) fn read_words(&mut self) -> Result<Vec<u32>, String> {
+        for i in 0..self.n {
+            self.slot0
+                .put(RESULTS + 4 * i, &(POISON | i as u32).to_le_bytes());
+        }
+        self.command(CMD_READ, 0)?;
+        let got = self.slot0.bytes(RESULTS, 4 * self.n);
+        Ok(got
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// A write pass: the L2 stores WRITE_BASE + i into page i; checked from the host side (in
+    /// the guest_memfd for a guest_memfd slot).
+    pub(crate) fn write_pass(&mut self, what: &str) -> Result<Delta, String> {
         let before = self.counts()?;
         self.command(CMD_WRITE, WRITE_BASE)?;
         let d = self.counts()?.since(&before);
         for i in 0..self.n {
-            let (g, w) = (self.region.word(i), WRITE_BASE + i as u32);
+            let (g, w) = (page_word(self.host_page(i)), WRITE_BASE + i as u32);
             check(g == w, || {
                 format!("{what}: the host reads {g:#x} in page {i}, the L2 wrote {w:#x}")
             })?;
@@ -743,7 +879,7 @@ impl<'a> Vm<'a> {
 
     /// Checks a step's counter deltas: `faults` NPT faults, `updated`/`zapped` change_pte stats
     /// (when the series' stats are there).
-    fn expect(
+    pub(crate) fn expect(
         &self,
         what: &str,
         d: &Delta,
@@ -763,7 +899,7 @@ impl<'a> Vm<'a> {
 
     /// The stats fd agrees with debugfs (`/sys/kernel/debug/kvm/PID-VMFD/`): the ioctl and the
     /// parsing read the counters they claim to.
-    fn cross_check(&self) -> Result<(), String> {
+    pub(crate) fn cross_check(&self) -> Result<(), String> {
         let dir = format!(
             "/sys/kernel/debug/kvm/{}-{}",
             std::process::id(),
@@ -840,7 +976,7 @@ enum Kind {
 const THP_MERGE_UPDATED: u64 = 0;
 
 /// Runs KSM until `done` holds; stops it (merged pages stay merged).
-fn merge(
+pub(crate) fn merge(
     what: &str,
     mut done: impl FnMut() -> Result<bool, String>,
 ) -> Result<(u64, Duration), String> {
@@ -1076,18 +1212,13 @@ pub fn kvm_ksm(args: &[String]) -> Result<(), String> {
             _ => return Err(format!("unknown argument {a:?} (full, mainline, demo)")),
         }
     }
-    let saved = Saved::take()?;
-    let r = if demo {
-        demo_table()
-    } else {
-        matrix(full, mainline)
-    };
-    let cleanup = saved.restore().and(unload_kvm(true));
-    match (r, cleanup) {
-        (Ok(()), c) => c,
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(c)) => Err(format!("{e}; cleaning up: {c}")),
-    }
+    run_restoring(|| {
+        if demo {
+            demo_table()
+        } else {
+            matrix(full, mainline)
+        }
+    })
 }
 
 /// `make run`'s KVM rows: one L2, TDP MMU, 1024 pages, change_pte=Y next to change_pte=N (what
@@ -1126,12 +1257,9 @@ fn demo_table() -> Result<(), String> {
 }
 
 fn matrix(full: bool, mainline: bool) -> Result<(), String> {
-    // Proactive compaction could migrate slot 1's pages in the middle of a step (a zap, and
-    // faults nobody asked for): off while we count.
-    if Path::new(COMPACTION_PROACTIVENESS).exists() {
-        fs::write(COMPACTION_PROACTIVENESS, "0")
-            .map_err(|e| format!("{COMPACTION_PROACTIVENESS}=0: {e}"))?;
-    }
+    // Proactive compaction could migrate slot 1's pages in the middle of a step: off while we
+    // count.
+    compaction_off()?;
     let t0 = Instant::now();
     // kvm.ko's parameters exist once it is loaded.
     load_kvm(true)?;
