@@ -7,7 +7,7 @@
 #   make check        everything: host checks, harness self-tests, guest test suite
 #   make htmldocs     Documentation/ as HTML (Sphinx) -> qemu-test/out/htmldocs
 #   make bench        benchmarks -> Documentation/benchmarks.md (~15 min; BENCH_MAX=, default 65536)
-#   make bench-vm     two Linux L2s under KVM and KSM -> Documentation/benchmarks-vm.md (~20 min)
+#   make bench-vm     two Linux L2s under KVM and KSM -> Documentation/benchmarks-vm.md (~30 min)
 #   make stress       30-minute coherence stress run (STRESS_SECS=, SEED=)
 #   make KDIR=...     build the module against your own Rust-enabled 7.3 kernel build
 #   make KDIR=... modules_install   install it there (INSTALL_MOD_PATH= for a staging root)
