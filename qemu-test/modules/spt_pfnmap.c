@@ -79,8 +79,14 @@ static ssize_t spt_pfnmap_read(struct file *file, char __user *buf,
 	size_t size, off, done = 0;
 	ssize_t ret = 0;
 
+	/*
+	 * The lock only guards the list: mmap() takes it under mmap_lock, so
+	 * it must not be held across copy_to_user(), which may fault. A block
+	 * stays until release, which cannot run while read() holds the file.
+	 */
 	mutex_lock(&f->lock);
 	b = list_first_entry_or_null(&f->blocks, struct spt_pfnmap_block, node);
+	mutex_unlock(&f->lock);
 	size = b ? PAGE_SIZE << b->order : 0;
 	while (*pos >= 0 && *pos < size && done < len) {
 		off = *pos;
@@ -95,7 +101,6 @@ static ssize_t spt_pfnmap_read(struct file *file, char __user *buf,
 		done += ret;
 		*pos += ret;
 	}
-	mutex_unlock(&f->lock);
 	if (ret < 0 && !done)
 		return ret;
 	return done;
