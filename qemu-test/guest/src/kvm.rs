@@ -1083,6 +1083,12 @@ fn case(mode: Mode, kind: Kind, n: usize) -> Result<Row, String> {
     // Zero pages: every page is write-protected, then replaced by the zero page, which is no
     // KSM page: 2n updates (the partner has no SPTE), ksm_zero_pages n + 1 (the partner too),
     // pages_shared and pages_sharing 0.
+    //
+    // KVM counts an SPTE only when ->change_pte() changes it (one already read-only on the new
+    // pfn is left alone, issue 25 item 7), and each of these calls does: the first touch mapped
+    // every page writable (the host PTE was), so a write-protect turns a writable SPTE read-only
+    // and a replace moves a read-only one to another pfn. Hence exactly 2n - 1 (2n), as before
+    // that rule; so is the COW step's n below (read-only on the KSM or zero page -> the copy).
     let before = vm.counts()?;
     let (scans, merge_time) = if kind == Kind::Zero {
         merge(&w("merge"), || {

@@ -15,6 +15,7 @@ mod ksmproof;
 mod ktap;
 mod kunit;
 mod kvm;
+mod kvm_zaps;
 mod lifecycle;
 mod mem;
 mod mirror;
@@ -76,6 +77,18 @@ const TESTS: &[Test] = &[
     Test {
         name: "kvm_ksm",
         run: kvm::kvm_ksm,
+    },
+    Test {
+        name: "kvm_memslot_race",
+        run: kvm_zaps::kvm_memslot_race,
+    },
+    Test {
+        name: "kvm_pfnmap_cow",
+        run: kvm_zaps::kvm_pfnmap_cow,
+    },
+    Test {
+        name: "kvm_gmem_slot",
+        run: kvm_zaps::kvm_gmem_slot,
     },
     Test {
         name: "races",
