@@ -19,6 +19,7 @@ mod kvm_zaps;
 mod lifecycle;
 mod mem;
 mod mirror;
+mod oomreap;
 mod races;
 mod spt;
 mod stress;
@@ -137,6 +138,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "sample_mmu_notifier",
         run: lifecycle::sample_mmu_notifier,
+    },
+    Test {
+        name: "oom_reap_backoff",
+        run: oomreap::oom_reap_backoff,
     },
     // Harness self-test (qemu-test/selftest): must make the run fail.
     Test {
