@@ -6,8 +6,10 @@
 //! the module (the misc device's `fops.owner`), so the module cannot be unloaded while any file
 //! is open. Closing the file detaches.
 //!
-//! Only tasks of the attached address space may use an attachment: a child that inherits the file
-//! across `fork()` gets `EPERM`, and its address space is not mirrored.
+//! A file belongs to the address space that opened it, as a KVM VM belongs to the one that
+//! created it: every ioctl from another one (a child that inherited the file across `fork()`, a
+//! process it was passed to) fails with `EPERM`, `ATTACH` and `DETACH` included, so no other
+//! process can take the attachment away or mirror its own memory through the file.
 //!
 //! # Locking
 //!
@@ -27,11 +29,12 @@ use kernel::{
     alloc::KVec,
     fs::File,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    mm::{mmu_notifier::Registration, virt::flags as vm_flags, MmWithUser},
+    mm::{mmu_notifier::Registration, virt::flags as vm_flags, Mm, MmWithUser},
     new_mutex,
     page::PAGE_SIZE,
     prelude::*,
     sync::{
+        aref::ARef,
         atomic::{Atomic, Relaxed},
         Arc, Mutex,
     },
@@ -60,14 +63,6 @@ impl Attachment {
     fn mirror(&self) -> &Mirror {
         &self.registration
     }
-
-    /// Fails with `EPERM` unless the caller's address space is the attached one.
-    fn check_caller<'a>(&self, mm: Option<&'a MmWithUser>) -> Result<&'a MmWithUser> {
-        match mm {
-            Some(mm) if mm.as_raw() == self.registration.mm().as_raw() => Ok(mm),
-            _ => Err(EPERM),
-        }
-    }
 }
 
 impl Drop for Attachment {
@@ -80,6 +75,10 @@ impl Drop for Attachment {
 /// Per-open-file state of `/dev/shadowpt`.
 #[pin_data]
 pub(crate) struct ShadowPtFile {
+    /// The address space that opened the file, the only one whose tasks may use it (`None`:
+    /// opened by a kernel thread, which can use nothing). Held with `mmgrab()`, so that no other
+    /// address space can ever have the same address while the file is open.
+    mm: Option<ARef<Mm>>,
     #[pin]
     attachment: Mutex<Option<Arc<Attachment>>>,
 }
@@ -89,8 +88,11 @@ impl MiscDevice for ShadowPtFile {
     type Ptr = Pin<KBox<Self>>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        let task = kernel::current!();
+        let mm = task.mm().map(|mm| ARef::<Mm>::from(&**mm));
         KBox::try_pin_init(
             try_pin_init!(ShadowPtFile {
+                mm,
                 attachment <- new_mutex!(None, "shadowpt::ShadowPtFile::attachment"),
             }),
             GFP_KERNEL,
@@ -98,14 +100,17 @@ impl MiscDevice for ShadowPtFile {
     }
 
     fn ioctl(me: Pin<&ShadowPtFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let task = kernel::current!();
+        // Every known ioctl checks its caller first: an unknown number is `ENOTTY` for anyone.
+        let caller = || me.check_caller(task.mm());
         match cmd {
-            uapi::IOC_ATTACH => me.attach(arg),
-            uapi::IOC_DETACH => me.detach(),
-            uapi::IOC_FAULT => me.fault(arg),
-            uapi::IOC_READ => me.read_write(arg, false),
-            uapi::IOC_WRITE => me.read_write(arg, true),
-            uapi::IOC_SNAPSHOT => me.snapshot(arg),
-            uapi::IOC_STATS => me.stats(arg),
+            uapi::IOC_ATTACH => me.attach(caller()?, arg),
+            uapi::IOC_DETACH => caller().and_then(|_| me.detach()),
+            uapi::IOC_FAULT => me.fault(caller()?, arg),
+            uapi::IOC_READ => me.read_write(caller()?, arg, false),
+            uapi::IOC_WRITE => me.read_write(caller()?, arg, true),
+            uapi::IOC_SNAPSHOT => caller().and_then(|_| me.snapshot(arg)),
+            uapi::IOC_STATS => caller().and_then(|_| me.stats(arg)),
             _ => Err(ENOTTY),
         }
     }
@@ -247,12 +252,21 @@ fn write_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> 
 }
 
 impl ShadowPtFile {
-    /// The attachment, checked to belong to the caller's address space.
+    /// Fails with `EPERM` unless the caller's address space is the one that opened the file.
+    fn check_caller<'a>(&self, mm: Option<&'a MmWithUser>) -> Result<&'a MmWithUser> {
+        match (mm, &self.mm) {
+            (Some(mm), Some(own)) if mm.as_raw() == own.as_raw() => Ok(mm),
+            _ => Err(EPERM),
+        }
+    }
+
+    /// The attachment. The caller was checked: it is of the attached address space.
     fn get(&self) -> Result<Arc<Attachment>> {
         self.attachment.lock().clone().ok_or(ENXIO)
     }
 
-    fn attach(&self, arg: usize) -> Result<isize> {
+    /// `ATTACH`, for a caller of the file's address space `mm`.
+    fn attach(&self, mm: &MmWithUser, arg: usize) -> Result<isize> {
         let req = uapi::Attach::read(
             &mut UserSlice::new(UserPtr::from_addr(arg), uapi::ATTACH_SIZE).reader(),
         )?;
@@ -265,8 +279,6 @@ impl ShadowPtFile {
         if self.attachment.lock().is_some() {
             return Err(EBUSY);
         }
-        let task = kernel::current!();
-        let mm = task.mm().ok_or(EPERM)?;
         {
             // The whole range must be mapped now; it may change later.
             let guard = mm.mmap_read_lock();
@@ -315,10 +327,8 @@ impl ShadowPtFile {
         Ok(0)
     }
 
-    fn fault(&self, arg: usize) -> Result<isize> {
+    fn fault(&self, mm: &MmWithUser, arg: usize) -> Result<isize> {
         let attachment = self.get()?;
-        let task = kernel::current!();
-        let mm = attachment.check_caller(task.mm())?;
         let req = uapi::Fault::read(
             &mut UserSlice::new(UserPtr::from_addr(arg), uapi::FAULT_SIZE).reader(),
         )?;
@@ -344,10 +354,8 @@ impl ShadowPtFile {
         Ok(0)
     }
 
-    fn read_write(&self, arg: usize, write: bool) -> Result<isize> {
+    fn read_write(&self, mm: &MmWithUser, arg: usize, write: bool) -> Result<isize> {
         let attachment = self.get()?;
-        let task = kernel::current!();
-        let mm = attachment.check_caller(task.mm())?;
         let req =
             uapi::Rw::read(&mut UserSlice::new(UserPtr::from_addr(arg), uapi::RW_SIZE).reader())?;
         if req.flags != 0 || req.length == 0 {
@@ -369,8 +377,6 @@ impl ShadowPtFile {
 
     fn snapshot(&self, arg: usize) -> Result<isize> {
         let attachment = self.get()?;
-        let task = kernel::current!();
-        attachment.check_caller(task.mm())?;
         let req = uapi::Snapshot::read(
             &mut UserSlice::new(UserPtr::from_addr(arg), uapi::SNAPSHOT_SIZE).reader(),
         )?;
@@ -396,8 +402,6 @@ impl ShadowPtFile {
 
     fn stats(&self, arg: usize) -> Result<isize> {
         let attachment = self.get()?;
-        let task = kernel::current!();
-        attachment.check_caller(task.mm())?;
         let mut size = [0u8; 4];
         UserSlice::new(UserPtr::from_addr(arg), 4)
             .reader()

@@ -24,6 +24,12 @@
  *
  * Addresses and lengths are ``__u64``; an attachment lies below 2^48, the
  * reach of a four-level page table.
+ *
+ * A file belongs to the address space that opened it. Every ioctl from a
+ * process with another address space (a child that inherited the file
+ * across fork(), a process the file was passed to, the opener after
+ * execve()) fails with ``EPERM`` before anything else is looked at, and
+ * changes nothing; only close() works from anywhere.
  */
 
 /**
@@ -108,7 +114,9 @@ struct shadowpt_attach {
  * No argument. Returns at once; the attachment is torn down (notifier
  * unregistered, table freed, debugfs directory removed) when its last
  * reference goes: here, or when the last ioctl still in flight on the file
- * returns. Closing the file detaches too. ``ENXIO`` without an attachment.
+ * returns. Closing the file detaches too (its last close, by whichever
+ * process). ``ENXIO`` without an attachment; ``EPERM`` from another address
+ * space than the file's, which cannot take the attachment away.
  */
 #define SHADOWPT_IOC_DETACH	_IO(SHADOWPT_IOCTL_TYPE, 2)
 

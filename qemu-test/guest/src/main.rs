@@ -6,6 +6,7 @@
 //! `sptest <name>`. A test prints what it checks and exits 0 on success, non-zero on failure.
 //! A test with cases also prints them as KTAP (`ktap`); a failing case fails the test.
 
+mod attach;
 mod bench;
 mod cptest;
 mod dirty;
@@ -66,6 +67,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "mirror_lifecycle",
         run: mirror::lifecycle,
+    },
+    Test {
+        name: "mirror_attach",
+        run: attach::attach,
     },
     Test {
         name: "mirror_dirty",
