@@ -13,6 +13,11 @@
 //!
 //! # Locking
 //!
+//! Lock order: [`ShadowPtFile::attaching`] -> the core mm's locks (`mmap_lock` for the range
+//! check, `mm_take_all_locks()` in registration, page faults of the reply's copy) ->
+//! `global::REGISTRY`. `attaching` is a mutex held across a whole `ATTACH`: the `ATTACH` calls of
+//! one file run one after the other, so a losing one fails before it changes anything. No
+//! notifier callback and no other ioctl takes it.
 //! [`ShadowPtFile::attachment`] is a mutex held only to read or replace the attachment pointer,
 //! never across a fault, a copy from or to user space, or a registration: an ioctl clones the
 //! [`Arc`] and works on the clone. The attachment is torn down (notifier unregistered) when the
@@ -46,7 +51,8 @@ pub(crate) fn register() -> impl PinInit<MiscDeviceRegistration<ShadowPtFile>, E
     MiscDeviceRegistration::register(MiscDeviceOptions { name: c"shadowpt" })
 }
 
-/// Next attachment id; ids are never reused while the module is loaded.
+/// Next attachment id; ids are never reused while the module is loaded. An `ATTACH` that fails
+/// gives its id back unless another file's `ATTACH` took the next one meanwhile.
 static NEXT_ID: Atomic<u64> = Atomic::new(1);
 
 /// One mirrored range: the notifier registration (which owns the [`Mirror`]), its debugfs
@@ -54,7 +60,8 @@ static NEXT_ID: Atomic<u64> = Atomic::new(1);
 pub(crate) struct Attachment {
     // Dropped first: unregistering runs `release`, which empties the table.
     registration: Pin<KBox<Registration<Mirror>>>,
-    _debugfs: Pin<KBox<kernel::debugfs::Scope<debugfs::AttachmentInfo>>>,
+    // `None` only while `ATTACH` builds the attachment.
+    _debugfs: Option<Pin<KBox<kernel::debugfs::Scope<debugfs::AttachmentInfo>>>>,
     // Dropped last, once no callback can run: the final counters move to the global totals.
     _registered: Registered,
 }
@@ -79,6 +86,9 @@ pub(crate) struct ShadowPtFile {
     /// opened by a kernel thread, which can use nothing). Held with `mmgrab()`, so that no other
     /// address space can ever have the same address while the file is open.
     mm: Option<ARef<Mm>>,
+    /// Serialises `ATTACH` on this file (see the locking rules above).
+    #[pin]
+    attaching: Mutex<()>,
     #[pin]
     attachment: Mutex<Option<Arc<Attachment>>>,
 }
@@ -93,6 +103,7 @@ impl MiscDevice for ShadowPtFile {
         KBox::try_pin_init(
             try_pin_init!(ShadowPtFile {
                 mm,
+                attaching <- new_mutex!((), "shadowpt::ShadowPtFile::attaching"),
                 attachment <- new_mutex!(None, "shadowpt::ShadowPtFile::attachment"),
             }),
             GFP_KERNEL,
@@ -266,6 +277,11 @@ impl ShadowPtFile {
     }
 
     /// `ATTACH`, for a caller of the file's address space `mm`.
+    ///
+    /// All or nothing: the attachment is published on the file only once nothing can fail any
+    /// more, the reply's copy included; a failure drops what was built (unregistering the
+    /// notifier), gives the id back and leaves the file, debugfs and the global counters as they
+    /// were.
     fn attach(&self, mm: &MmWithUser, arg: usize) -> Result<isize> {
         let req = uapi::Attach::read(
             &mut UserSlice::new(UserPtr::from_addr(arg), uapi::ATTACH_SIZE).reader(),
@@ -276,6 +292,8 @@ impl ShadowPtFile {
         if end > ADDRESS_LIMIT {
             return Err(EFAULT);
         }
+        // Held to the end: a concurrent `ATTACH` on the file waits, then gets `EBUSY` here.
+        let _attaching = self.attaching.lock();
         if self.attachment.lock().is_some() {
             return Err(EBUSY);
         }
@@ -288,36 +306,40 @@ impl ShadowPtFile {
             }
         }
 
-        let id = NEXT_ID.fetch_add(1, Relaxed);
         let state = State::new()?;
+        // Counted globally before the notifier is registered; a failure below takes it out
+        // again, with the counters of an attachment that counted nothing.
+        let registered = Registered::new(state.clone())?;
         let mirror = Mirror::new(req.start, end, mode, state.clone());
         let registration = KBox::pin_init(Registration::register(mm, mirror), GFP_KERNEL)?;
-        // Counted globally once registered: a registration that fails leaves the global
-        // counters as they were. (If a step below fails, the entry goes before the
-        // registration, whose `release` then counts nothing globally.)
-        let registered = Registered::new(state.clone())?;
-        let info = debugfs::AttachmentInfo::new(state, mode, req.start, end);
-        let dir = debugfs::attachment_dir(id, info)?;
-        let attachment = Arc::new(
-            Attachment {
-                registration,
-                _debugfs: dir,
-                _registered: registered,
-            },
-            GFP_KERNEL,
-        )?;
-
-        {
-            let mut slot = self.attachment.lock();
-            if slot.is_some() {
-                // A concurrent ATTACH won; ours is dropped (unregistered) after the unlock.
-                drop(slot);
-                return Err(EBUSY);
+        // From here on a failure drops the attachment, whose `Drop` announces the coming
+        // `release` as an unregistration (not counted as an exit).
+        let mut attachment = Attachment {
+            registration,
+            _debugfs: None,
+            _registered: registered,
+        };
+        let id = NEXT_ID.fetch_add(1, Relaxed);
+        let published = (|| -> Result<Arc<Attachment>> {
+            // The reply first: a reply that cannot be written fails before anything shows.
+            uapi::write(arg, &req.reply(id))?;
+            let info = debugfs::AttachmentInfo::new(state, mode, req.start, end);
+            attachment._debugfs = Some(debugfs::attachment_dir(id, info)?);
+            Ok(Arc::new(attachment, GFP_KERNEL)?)
+        })();
+        match published {
+            Ok(attachment) => {
+                // Nothing else sets the slot while we hold `attaching`; a `DETACH` can only
+                // have emptied it.
+                *self.attachment.lock() = Some(attachment);
+                Ok(0)
             }
-            *slot = Some(attachment);
+            Err(e) => {
+                // The id goes back unless another file's `ATTACH` took the next one meanwhile.
+                let _ = NEXT_ID.cmpxchg(id + 1, id, Relaxed);
+                Err(e)
+            }
         }
-        uapi::write(arg, &req.reply(id))?;
-        Ok(0)
     }
 
     fn detach(&self) -> Result<isize> {

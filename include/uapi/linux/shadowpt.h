@@ -66,7 +66,14 @@
  * returns the attachment's id in ``id``. The whole range must be mapped now
  * (``EFAULT`` otherwise); it may change later. The table starts empty: a
  * page is mapped by the first FAULT, READ or WRITE that needs it. One
- * attachment per open file (``EBUSY`` while the file has one).
+ * attachment per open file (``EBUSY`` while the file has one; of two
+ * concurrent ATTACHes on a file without one, one gets ``EBUSY``).
+ *
+ * A failing ATTACH changes nothing: no attachment, no debugfs directory,
+ * no id used up (except when another file's ATTACH took the next id
+ * meanwhile), the global counters as they were. In particular, when the
+ * reply cannot be written (``EFAULT``), the range is not attached. The
+ * ``id`` field of a failing call is undefined.
  */
 #define SHADOWPT_IOC_ATTACH	_IOWR(SHADOWPT_IOCTL_TYPE, 1, struct shadowpt_attach)
 

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `ATTACH` and `DETACH`: a file belongs to the address space that opened it.
+//! `ATTACH` and `DETACH`: a failing `ATTACH` changes nothing, and a file belongs to the address
+//! space that opened it.
 
 use crate::ktap;
 use crate::mem::{Mapping, PAGE};
 use crate::spt::*;
 use crate::util::*;
+use std::sync::{Arc, Barrier};
+
+fn attachments() -> Result<u64, String> {
+    debugfs_counter("global", "attachments")
+}
 
 fn dir_exists(id: u64) -> bool {
     std::path::Path::new(&format!("{DEBUGFS}/{id}")).exists()
@@ -34,6 +40,100 @@ fn want_err<T: std::fmt::Debug>(
             errname(want)
         )),
     }
+}
+
+/// The id the next successful `ATTACH` gets: attach and detach once (nothing else attaches
+/// while this test runs).
+fn next_id(s: &Spt, m: &Mapping) -> Result<u64, String> {
+    let id = s.attach(m.addr, PAGE, MODE_CHANGE_PTE)?;
+    s.detach().map_err(|e| format!("detach: {}", errname(e)))?;
+    Ok(id + 1)
+}
+
+/// An `ATTACH` whose argument can be read but not written gets `EFAULT` and leaves nothing: the
+/// range is not attached (a second `ATTACH` succeeds, not `EBUSY`), no debugfs directory, no
+/// attachment counted, no release counted, and the id is not used up.
+fn reply_not_writable() -> Result<(), String> {
+    let m = Mapping::anon(4)?;
+    let s = Spt::open()?;
+    let id = next_id(&s, &m)?;
+    let (base, releases) = (attachments()?, debugfs_counter("global", "releases")?);
+    let arg = Mapping::anon(1)?;
+    let a = Attach {
+        size: std::mem::size_of::<Attach>() as u32,
+        mode: MODE_CHANGE_PTE,
+        start: m.addr as u64,
+        length: (4 * PAGE) as u64,
+        id: 0,
+    };
+    // SAFETY: `Attach` is plain data; the page is ours and larger than it.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&a as *const Attach).cast::<u8>(),
+            std::mem::size_of::<Attach>(),
+        )
+    };
+    arg.put(0, bytes);
+    arg.mprotect(libc::PROT_READ)?;
+    want_err(
+        "ATTACH with a read-only reply",
+        raw_ioctl(s.fd(), IOC_ATTACH, arg.addr),
+        libc::EFAULT,
+    )?;
+    eq("attachments after the failed ATTACH", attachments()?, base)?;
+    eq(
+        "releases after the failed ATTACH",
+        debugfs_counter("global", "releases")?,
+        releases,
+    )?;
+    check(!dir_exists(id), || {
+        format!("{DEBUGFS}/{id} exists after the failed ATTACH")
+    })?;
+    want_err("STATS after the failed ATTACH", s.try_stats(), libc::ENXIO)?;
+    let got = s.attach(m.addr, 4 * PAGE, MODE_CHANGE_PTE)?;
+    eq("id of the next ATTACH", got, id)?;
+    s.detach().map_err(|e| format!("detach: {}", errname(e)))?;
+    Ok(())
+}
+
+/// Two threads `ATTACH` on one file at once, 40 times: one wins, the other gets `EBUSY`, and
+/// the loser takes no id (the winners' ids follow each other).
+fn concurrent_attach() -> Result<(), String> {
+    const ROUNDS: u64 = 40;
+    let m = Arc::new(Mapping::anon(4)?);
+    let s = Arc::new(Spt::open()?);
+    let first = next_id(&s, &m)?;
+    let base = attachments()?;
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, m, barrier) = (s.clone(), m.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.try_attach(m.addr, 4 * PAGE, MODE_CHANGE_PTE)
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in threads {
+            results.push(t.join().map_err(|_| "thread panicked".to_string())?);
+        }
+        let won: Vec<u64> = results.iter().filter_map(|r| r.ok()).collect();
+        let busy = results.iter().filter(|r| *r == &Err(libc::EBUSY)).count();
+        check(won.len() == 1 && busy == 1, || {
+            format!("round {round}: {results:?}, expected one id and one EBUSY")
+        })?;
+        eq(
+            &format!("round {round}: the winner's id"),
+            won[0],
+            first + round,
+        )?;
+        eq("attachments with one winner", attachments()?, base + 1)?;
+        s.detach().map_err(|e| format!("detach: {}", errname(e)))?;
+    }
+    eq("attachments after the rounds", attachments()?, base)?;
+    Ok(())
 }
 
 /// A child that inherited the file (attached, and another one not attached) gets `EPERM` for
@@ -110,12 +210,20 @@ fn other_address_space() -> Result<(), String> {
 
 pub fn attach(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
-    ktap::start(Some(1));
+    ktap::start(Some(3));
+    ktap::case(
+        "ATTACH with a reply it cannot write changes nothing",
+        reply_not_writable,
+    );
+    ktap::case(
+        "concurrent ATTACH on one file: one wins, no id lost",
+        concurrent_attach,
+    );
     ktap::case(
         "another address space gets EPERM, DETACH included",
         other_address_space,
     );
     ktap::finish()?;
-    println!("mirror_attach: EPERM from another address space, DETACH and ATTACH included");
+    println!("mirror_attach: failing ATTACHes change nothing; EPERM from another address space");
     Ok(())
 }
