@@ -307,9 +307,9 @@ impl ShadowPtFile {
         }
 
         let state = State::new()?;
-        // Counted globally before the notifier is registered; a failure below takes it out
-        // again, with the counters of an attachment that counted nothing.
-        let registered = Registered::new(state.clone())?;
+        // Counted, and held to the per-address-space cap, before the notifier is registered:
+        // an `ATTACH` beyond the cap costs no `mm_take_all_locks()`.
+        let registered = Registered::new(state.clone(), mm)?;
         let mirror = Mirror::new(req.start, end, mode, state.clone());
         let registration = KBox::pin_init(Registration::register(mm, mirror), GFP_KERNEL)?;
         // From here on a failure drops the attachment, whose `Drop` announces the coming

@@ -16,11 +16,23 @@ use crate::{
     mirror::State,
     stats::{Counter, Counters, Source},
 };
-use kernel::{prelude::*, sync::Arc};
+use kernel::{
+    mm::Mm,
+    prelude::*,
+    sync::{aref::ARef, Arc},
+};
+
+/// An attachment alive: its counters and the address space it mirrors.
+struct Live {
+    state: Arc<State>,
+    /// Held with `mmgrab()`: no other address space can have its address while the entry
+    /// exists, so counting the entries of an address space by address is exact.
+    mm: ARef<Mm>,
+}
 
 /// The attachments alive and what the ones gone left behind.
 struct Registry {
-    live: KVec<Arc<State>>,
+    live: KVec<Live>,
     /// The event counters of every attachment gone (gauges stay 0: their tables are gone).
     retired: Counters,
 }
@@ -44,8 +56,8 @@ pub(crate) fn init() {
 pub(crate) fn global() -> Counters {
     let registry = REGISTRY.lock();
     let mut sum = registry.retired;
-    for state in registry.live.iter() {
-        sum.add_all(&state.counters());
+    for live in registry.live.iter() {
+        sum.add_all(&live.state.counters());
     }
     sum
 }
@@ -62,13 +74,35 @@ pub(crate) fn attachments() -> u64 {
 pub(crate) struct Registered(Arc<State>);
 
 impl Registered {
-    /// Adds `state` to the attachments alive.
+    /// Adds `state`, an attachment of `mm`, to the attachments alive.
+    ///
+    /// Each attachment of an address space costs an `mm_take_all_locks()` when it registers and
+    /// a callback in every invalidation of the address space (ksmd's included), so their number
+    /// per address space is capped by the `max_attachments_per_mm` module parameter (0: no
+    /// limit), checked and counted under one acquisition of the registry's lock.
     ///
     /// # Errors
     ///
-    /// `ENOMEM` if the registry cannot grow.
-    pub(crate) fn new(state: Arc<State>) -> Result<Self> {
-        REGISTRY.lock().live.push(state.clone(), GFP_KERNEL)?;
+    /// `ENOSPC` if `mm` has `max_attachments_per_mm` attachments alive already; `ENOMEM` if
+    /// the registry cannot grow.
+    pub(crate) fn new(state: Arc<State>, mm: &Mm) -> Result<Self> {
+        let max = crate::module_parameters::max_attachments_per_mm.value();
+        let mut registry = REGISTRY.lock();
+        if max != 0 {
+            let n = registry
+                .live
+                .iter()
+                .filter(|l| l.mm.as_raw() == mm.as_raw())
+                .count();
+            if n >= max as usize {
+                return Err(ENOSPC);
+            }
+        }
+        let live = Live {
+            state: state.clone(),
+            mm: ARef::from(mm),
+        };
+        registry.live.push(live, GFP_KERNEL)?;
         Ok(Self(state))
     }
 }
@@ -76,7 +110,7 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         let mut registry = REGISTRY.lock();
-        registry.live.retain(|s| !Arc::ptr_eq(s, &self.0));
+        registry.live.retain(|l| !Arc::ptr_eq(&l.state, &self.0));
         if registry.live.is_empty() {
             // Free the buffer with the last attachment: the registry is a static, never
             // dropped, and the module can only be unloaded once no attachment is left.

@@ -39,6 +39,13 @@ module! {
             default: 32_837,
             description: "Most 4 KiB tables one attachment may use (0: no limit; default: enough for the largest attachment); faults beyond it fail with ENOMEM",
         },
+        max_attachments_per_mm: u32 {
+            // Each attachment of an address space registers a notifier on it
+            // (`mm_take_all_locks()`) and adds a callback to every invalidation of it, ksmd's
+            // included: a process may not make that cost unbounded.
+            default: 16,
+            description: "Most attachments alive per address space (0: no limit; default 16); an ATTACH beyond it fails with ENOSPC",
+        },
         time_callbacks: u32 {
             default: 0,
             description: "Nonzero: time invalidate_range_start and change_pte into the invalidate_ns and change_pte_ns counters of attachments created from then on (two clock reads per call); 0 (default): those counters stay 0",

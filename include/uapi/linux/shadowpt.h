@@ -69,6 +69,12 @@
  * attachment per open file (``EBUSY`` while the file has one; of two
  * concurrent ATTACHes on a file without one, one gets ``EBUSY``).
  *
+ * An address space may have at most ``max_attachments_per_mm`` attachments
+ * alive at a time (a module parameter, default 16; 0: no limit), over all
+ * its files: one more gets ``ENOSPC``. Each costs the registration of an MMU
+ * notifier, which takes every lock of the address space, and a callback in
+ * every later invalidation of it.
+ *
  * A failing ATTACH changes nothing: no attachment, no debugfs directory,
  * no id used up (except when another file's ATTACH took the next id
  * meanwhile), the global counters as they were. In particular, when the

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `ATTACH` and `DETACH`: a failing `ATTACH` changes nothing, and a file belongs to the address
-//! space that opened it.
+//! `ATTACH` and `DETACH`: a failing `ATTACH` changes nothing, a file belongs to the address space
+//! that opened it, and an address space has at most `max_attachments_per_mm` attachments.
 
 use crate::ktap;
 use crate::mem::{Mapping, PAGE};
@@ -208,9 +208,82 @@ fn other_address_space() -> Result<(), String> {
     Ok(())
 }
 
+/// `max_attachments_per_mm` (default 16): the 17th attachment of a process gets `ENOSPC` and
+/// leaves nothing behind, another process is not limited by ours, and a closed attachment frees
+/// its place. With `max_attachments_per_mm=2` loaded, the third gets `ENOSPC`.
+fn per_mm_cap() -> Result<(), String> {
+    let m = Mapping::anon(2)?;
+    let probe = Spt::open()?;
+    let first = next_id(&probe, &m)?;
+    drop(probe);
+    let base = attachments()?;
+    let mut files = Vec::new();
+    for i in 0..16 {
+        let s = Spt::open()?;
+        eq(
+            &format!("id of attachment {i}"),
+            s.attach(m.addr, PAGE, MODE_ZAP)?,
+            first + i,
+        )?;
+        files.push(s);
+    }
+    let extra = Spt::open()?;
+    want_err(
+        "17th ATTACH",
+        extra.try_attach(m.addr, PAGE, MODE_ZAP),
+        libc::ENOSPC,
+    )?;
+    eq("attachments at the cap", attachments()?, base + 16)?;
+    check(!dir_exists(first + 16), || {
+        "a directory for the refused ATTACH".into()
+    })?;
+    // SAFETY: Single-threaded here; the child uses its own file and memory.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let ok = Spt::open()
+            .and_then(|s| s.attach(m.addr, PAGE, MODE_ZAP))
+            .is_ok();
+        // SAFETY: Leaving the child.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: Waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    check(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        || "a child could not attach while its parent was at the cap".into(),
+    )?;
+    files.pop();
+    // The child's attachment took id first + 16; ours is the next.
+    eq(
+        "ATTACH after a close",
+        extra.attach(m.addr, PAGE, MODE_ZAP)?,
+        first + 17,
+    )?;
+    drop(files);
+    drop(extra);
+    eq("attachments after closing", attachments()?, base)?;
+
+    rmmod()?;
+    sh("insmod", &[MODULE, "max_attachments_per_mm=2"])?;
+    let r = (|| -> Result<(), String> {
+        let (a, b, c) = (Spt::open()?, Spt::open()?, Spt::open()?);
+        a.attach(m.addr, PAGE, MODE_ZAP)?;
+        b.attach(m.addr, PAGE, MODE_ZAP)?;
+        want_err(
+            "3rd ATTACH with max_attachments_per_mm=2",
+            c.try_attach(m.addr, PAGE, MODE_ZAP),
+            libc::ENOSPC,
+        )
+    })();
+    rmmod()?;
+    insmod()?;
+    r
+}
+
 pub fn attach(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
-    ktap::start(Some(3));
+    ktap::start(Some(4));
     ktap::case(
         "ATTACH with a reply it cannot write changes nothing",
         reply_not_writable,
@@ -223,7 +296,8 @@ pub fn attach(_: &[String]) -> Result<(), String> {
         "another address space gets EPERM, DETACH included",
         other_address_space,
     );
+    ktap::case("max_attachments_per_mm: ENOSPC beyond it", per_mm_cap);
     ktap::finish()?;
-    println!("mirror_attach: failing ATTACHes change nothing; EPERM from another address space");
+    println!("mirror_attach: failing ATTACHes change nothing; EPERM from another address space; ENOSPC beyond 16 attachments per process");
     Ok(())
 }
