@@ -26,7 +26,7 @@
 use crate::{
     debugfs,
     global::Registered,
-    mirror::{pages, FaultContext, Mirror, Mode, State, PIN_BATCH},
+    mirror::{pages, FaultContext, Mirror, Mode, State},
     table::{leaf_end, ADDRESS_LIMIT},
     uapi,
 };
@@ -174,22 +174,26 @@ fn populate_ahead(
 /// `READ`: copies `[req.addr, req.addr + req.length)` to `req.buf` through the table, faulting
 /// in what is missing; returns the faults taken.
 ///
-/// Faults a leaf table's span at a time (what the span lacks: one lookup for the run), then
-/// copies in batches of [`PIN_BATCH`] pages: one lock acquisition takes a reference on the pages
-/// of the batch's entries, then each page is copied straight to user space, which may fault on
-/// the destination and sleep, and its reference dropped. Where an entry is missing after all
-/// (the fault batch stopped at an error, or an invalidation zapped it meanwhile), that one page
-/// is faulted alone, and its error is the ioctl's.
-fn read_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
+/// Page by page through a bounce buffer, the mirror of `WRITE`: faults a leaf table's span at a
+/// time (what the span lacks: one lookup for the run), then copies each page's bytes out of the
+/// page its entry maps into the bounce buffer under the table's lock ([`Mirror::read`], which
+/// faults the page alone where the entry is missing after all, and reports its error), and
+/// then, with no lock and no page reference held, to user space. That copy may fault on the
+/// destination and block for as long as the destination takes (a userfaultfd or FUSE-backed
+/// buffer): meanwhile the mirrored pages can migrate, be compacted or go offline.
+fn read_pages(mirror: &Mirror, req: &uapi::Rw) -> Result<u64> {
+    let mut writer = UserSlice::new(UserPtr::from_addr(req.buf), req.length).writer();
+    let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
     let mut ctx = FaultContext::new();
-    let mut pages = KVec::with_capacity(PIN_BATCH, GFP_KERNEL)?;
     let mut faults = 0u64;
+    let mut addr = req.addr;
     let end = req.addr + req.length;
     let end_page = end.next_multiple_of(PAGE_SIZE);
-    let mut addr = req.addr;
     // The first page of the request starts a batch, even where `req.addr` is not page aligned.
     let mut populated_to = addr & !(PAGE_SIZE - 1);
     while addr < end {
+        let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
+        let buf = &mut bounce[..chunk];
         let page = addr & !(PAGE_SIZE - 1);
         populate_ahead(
             mirror,
@@ -200,24 +204,9 @@ fn read_pages(mirror: &Mirror, mm: &MmWithUser, req: &uapi::Rw) -> Result<u64> {
             &mut ctx,
             &mut faults,
         );
-        let stop = mirror.get_pages(page, end_page, &mut pages)?;
-        let mut page_addr = page;
-        for user_page in pages.drain_all() {
-            let to = core::cmp::min(end, page_addr + PAGE_SIZE);
-            // `addr - req.addr < req.length`: `wrapping_byte_add` only matters for a `req.buf`
-            // near the top of the address space, which `copy_to_user()` refuses.
-            let dst = UserPtr::from_addr(req.buf).wrapping_byte_add(addr - req.addr);
-            user_page.copy_to_user(addr - page_addr, dst, to - addr)?;
-            addr = to;
-            page_addr += PAGE_SIZE;
-        }
-        if stop == page
-            && mirror
-                .fault(page, false, &mut ctx)
-                .map_err(|e| refine_fault_error(mm, page, false, e))?
-        {
-            faults += 1;
-        }
+        faults += mirror.read(addr, buf, &mut ctx)?;
+        writer.write_slice(buf)?;
+        addr += chunk;
     }
     Ok(faults)
 }
@@ -391,7 +380,7 @@ impl ShadowPtFile {
         let faults = if write {
             write_pages(mirror, mm, &req)?
         } else {
-            read_pages(mirror, mm, &req)?
+            read_pages(mirror, &req)?
         };
         uapi::write(arg, &req.reply(faults))?;
         Ok(0)

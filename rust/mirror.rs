@@ -23,7 +23,7 @@
 //! after the last invalidation of its address ended, and every later change of that primary entry
 //! goes through an invalidation that zaps it (or a `change_pte` that updates it) before the old
 //! page can be freed. That is what makes the `unsafe` page accesses in [`Mirror::write`] and
-//! [`Mirror::get_pages`] sound.
+//! [`Mirror::read`] sound.
 //!
 //! # Locking
 //!
@@ -224,11 +224,6 @@ impl PinnedDrop for Mirror {
         inner.counters.set(Counter::table_pages, 0);
     }
 }
-
-/// Most pages [`Mirror::get_pages`] holds references on at a time: while a reference is held,
-/// KSM skips the page and migration cannot move it (it retries), so a reader that copies
-/// continuously must not hold many at once. 16 copies under TCG take about 0.2 ms.
-pub(crate) const PIN_BATCH: usize = 16;
 
 /// Result of a snapshot of one page.
 type PageState = u8;
@@ -441,48 +436,39 @@ impl Mirror {
         Ok(faults > 0)
     }
 
-    /// Takes a reference on the page of each present entry from `start` (page aligned, inside
-    /// the attachment) up to the first absent entry, `end`, the end of `start`'s leaf table or
-    /// [`PIN_BATCH`] pages, whichever comes first, appends the pages to `pages` and marks their
-    /// entries accessed. Returns where it stopped: `start` if its entry is absent.
+    /// Copies the bytes at `addr` out of the attachment through the table into `buf`
+    /// (`addr..addr + buf.len()` must lie in one page and inside the attachment), faulting the
+    /// entry in first if it is absent. Returns the number of faults taken.
     ///
-    /// This is how the table's pages are read out to user space: the copy may fault and sleep,
-    /// so it cannot be done with `inner` held; the references keep the pages from being freed
-    /// until it is done. One lock acquisition covers the batch. Does not sleep.
-    ///
-    /// # Errors
-    ///
-    /// `ENXIO` once the address space is gone; `ENOMEM` if `pages` has no room for
-    /// [`PIN_BATCH`] pages, which the caller reserves ahead.
-    pub(crate) fn get_pages(
-        &self,
-        start: usize,
-        end: usize,
-        pages: &mut KVec<UserPage>,
-    ) -> Result<usize> {
-        if pages.capacity() - pages.len() < PIN_BATCH {
-            return Err(ENOMEM);
-        }
-        let end = core::cmp::min(end, start.saturating_add(PIN_BATCH << PAGE_SHIFT));
-        let mut inner = self.lock();
-        if inner.dead {
-            return Err(ENXIO);
-        }
-        let stop = inner.table.first_failing(start, end, |e| e.present());
-        let mut res = Ok(());
-        inner.table.for_each_present(start, stop, |entry| {
-            if res.is_ok() {
-                // SAFETY: The entry is present and `inner` is held: by the type invariant its
-                // frame stays allocated to the process's mapping until an invalidation zaps the
-                // entry or a `change_pte` moves it, and both need `inner`.
-                res = unsafe { UserPage::from_pfn(entry.pfn()) }.and_then(|page| {
-                    // At most `PIN_BATCH` pages, which `pages` has room for (checked above).
-                    pages.push_within_capacity(page).map_err(|_| ENOMEM)
-                });
+    /// The copy is to kernel memory, under `inner`, which keeps the frame from being freed for
+    /// the copy: no page reference is taken, and none is held when the caller then copies `buf`
+    /// to user space, which may block for as long as the destination takes to resolve (a
+    /// userfaultfd or FUSE-backed buffer) without keeping a mirrored page from migrating.
+    pub(crate) fn read(&self, addr: usize, buf: &mut [u8], ctx: &mut FaultContext) -> Result<u64> {
+        let page_addr = addr & !(PAGE_SIZE - 1);
+        let offset = addr - page_addr;
+        let mut faults = 0;
+        loop {
+            {
+                let mut inner = self.lock();
+                if inner.dead {
+                    return Err(ENXIO);
+                }
+                let entry = inner.table.lookup(page_addr);
+                if entry.present() {
+                    // SAFETY: The entry is present and `inner` is held: by the type invariant
+                    // its frame stays allocated to the process's mapping until an invalidation
+                    // zaps the entry or a `change_pte` moves it, and both need `inner`, which we
+                    // hold for the whole copy.
+                    unsafe { gup::copy_from_pfn(entry.pfn(), offset, buf)? };
+                    inner.table.update(page_addr, |e| e.touched(false));
+                    return Ok(faults);
+                }
             }
-            entry.touched(false)
-        });
-        res.map(|()| stop)
+            if self.fault(page_addr, false, ctx)? {
+                faults += 1;
+            }
+        }
     }
 
     /// Copies `buf` into the attachment at `addr` through the table (`addr..addr + buf.len()`

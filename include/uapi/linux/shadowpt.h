@@ -176,7 +176,9 @@ struct shadowpt_fault {
  * the data comes from the page the table's entry maps. A failing call may
  * have copied a prefix, and may have faulted entries in (a ``READ`` into a
  * bad buffer fails with ``EFAULT`` after that): the table is a cache,
- * nothing the process sees changes.
+ * nothing the process sees changes. While the copy waits on ``buf`` (a
+ * buffer backed by userfaultfd or FUSE), the call holds no reference on the
+ * mirrored pages: they can migrate meanwhile.
  */
 #define SHADOWPT_IOC_READ	_IOWR(SHADOWPT_IOCTL_TYPE, 4, struct shadowpt_rw)
 

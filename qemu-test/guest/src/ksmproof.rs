@@ -357,7 +357,8 @@ fn zero_pages(n: usize, mode: u32, rows: &mut Vec<Row>) -> Result<(), String> {
         d.change_pte_updated,
         if keep { 2 * n as u64 } else { 0 },
     )?;
-    // EFAULT here means an entry maps a freed page: READ's page reference finds none left.
+    // An entry left on a freed page (a `change_pte` that did not move it) reads whatever that
+    // page holds now; the snapshot below shows it at the wrong pfn.
     let (data, refaults) = s
         .read(m.addr, m.len)
         .map_err(|e| format!("zero pages: re-read: {e}"))?;

@@ -2,7 +2,8 @@
 
 //! Lifecycle races: close during faults, module load/unload cycles with processes attaching, a
 //! killed process reaped with `process_mrelease()` (non-blockable invalidations, as from the OOM
-//! reaper), and table allocation refused by the `max_table_pages` cap.
+//! reaper), table allocation refused by the `max_table_pages` cap, and migration while a `READ`
+//! waits on its destination.
 
 use crate::ktap;
 use crate::mem::{Mapping, PAGE};
@@ -292,13 +293,142 @@ fn table_cap() -> Result<(), String> {
     r
 }
 
+/// `struct uffdio_api`, `struct uffdio_register`, `struct uffdio_copy` (linux/userfaultfd.h).
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: u64 = 0xc018_aa3f;
+const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_COPY: u64 = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+/// A READ whose destination never resolves holds no mirrored page: with the READ blocked on a
+/// userfaultfd-registered buffer (missing pages, the fault left unresolved), `move_pages()`
+/// must move every mirrored page to the other node; once the buffer is resolved, the READ
+/// completes with the process's data.
+fn read_into_userfaultfd() -> Result<(), String> {
+    const N: usize = 64;
+    let src = Arc::new(Mapping::anon(N)?);
+    for i in 0..N {
+        src.fill(i, 0x30 + i as u8);
+    }
+    let s = Arc::new(Spt::open()?);
+    s.attach(src.addr, src.len, MODE_CHANGE_PTE)?;
+    eq(
+        "faults of the source",
+        s.fault(src.addr, src.len, false)?,
+        N as u64,
+    )?;
+    let dst = Arc::new(Mapping::anon(N)?);
+    // SAFETY: A new userfaultfd; every ioctl below gets a live structure of its size.
+    let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
+    check(uffd >= 0, || {
+        format!("userfaultfd: {}", std::io::Error::last_os_error())
+    })?;
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    let mut reg = UffdioRegister {
+        start: dst.addr as u64,
+        len: dst.len as u64,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: See above.
+    let ok = unsafe {
+        libc::ioctl(uffd, UFFDIO_API as _, &mut api) == 0
+            && libc::ioctl(uffd, UFFDIO_REGISTER as _, &mut reg) == 0
+    };
+    check(ok, || {
+        format!("userfaultfd setup: {}", std::io::Error::last_os_error())
+    })?;
+    let reader = {
+        let (s, src, dst) = (s.clone(), src.clone(), dst.clone());
+        std::thread::spawn(move || {
+            // SAFETY: `dst` is our mapping of `src.len` bytes, alive until the join below.
+            let buf = unsafe { std::slice::from_raw_parts_mut(dst.addr as *mut u8, src.len) };
+            s.try_read(src.addr, buf)
+        })
+    };
+    // The READ's first copy to the destination faults: its event says the READ is blocked.
+    let mut msg = [0u8; 32];
+    // SAFETY: Reading one `struct uffd_msg` into a buffer of its size.
+    let n = unsafe { libc::read(uffd, msg.as_mut_ptr().cast(), 32) };
+    check(n == 32 && msg[0] == 0x12, || {
+        format!(
+            "no page fault event from the READ ({n} bytes, event {:#x})",
+            msg[0]
+        )
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let addrs: Vec<usize> = (0..N).map(|i| src.page_addr(i)).collect();
+    let now = crate::stress::move_pages(&addrs, None)?;
+    let to: Vec<i32> = now.iter().map(|&n| 1 - n.clamp(0, 1)).collect();
+    let after = crate::stress::move_pages(&addrs, Some(&to))?;
+    let moved = after.iter().zip(&to).filter(|(a, t)| a == t).count();
+    // Resolve the destination (zero pages, then overwritten by the READ), let the READ finish.
+    let zeros = vec![0u8; dst.len];
+    let mut copy = UffdioCopy {
+        dst: dst.addr as u64,
+        src: zeros.as_ptr() as u64,
+        len: dst.len as u64,
+        mode: 0,
+        copy: 0,
+    };
+    // SAFETY: See above; `zeros` is as long as the destination.
+    let copied = unsafe { libc::ioctl(uffd, UFFDIO_COPY as _, &mut copy) };
+    let read = reader.join().map_err(|_| "reader panicked".to_string())?;
+    // SAFETY: Closing our userfaultfd.
+    unsafe { libc::close(uffd) };
+    check(copied == 0, || {
+        format!("UFFDIO_COPY: {}", std::io::Error::last_os_error())
+    })?;
+    check(moved == N, || {
+        format!(
+            "{moved} of {N} mirrored pages migrated while a READ waited on its destination (statuses {:?})",
+            &after[..N.min(20)]
+        )
+    })?;
+    read.map_err(|e| format!("READ into the resolved buffer: {}", errname(e)))?;
+    check(dst.bytes(0, dst.len) == src.bytes(0, src.len), || {
+        "the READ's data differs from the process's".into()
+    })?;
+    println!("READ blocked on an unresolved userfaultfd destination: all {N} mirrored pages migrated meanwhile, the READ then completed with the right data");
+    Ok(())
+}
+
 pub fn races(_: &[String]) -> Result<(), String> {
     ensure_loaded()?;
-    ktap::start(Some(4));
+    ktap::start(Some(5));
     ktap::stop_at_failure();
     ktap::case("close during faults", close_during_faults);
     ktap::case("load/unload while attaching", load_unload_attaching);
     ktap::case("killed and reaped with process_mrelease", reaped);
     ktap::case("max_table_pages cap", table_cap);
+    ktap::case(
+        "READ into an unresolved userfaultfd buffer",
+        read_into_userfaultfd,
+    );
     ktap::finish()
 }
