@@ -23,7 +23,7 @@ fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
     })
 }
 
-fn want_err<T: std::fmt::Debug>(
+pub(crate) fn want_err<T: std::fmt::Debug>(
     what: &str,
     r: Result<T, Errno>,
     want: Errno,

@@ -428,21 +428,7 @@ static BAD_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// test, not the calls after it (each is independent of the others).
 fn expect(what: &str, got: Result<impl std::fmt::Debug, Errno>, want: Errno) {
     BAD_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ktap::result(
-        what,
-        match got {
-            Err(e) if e == want => Ok(()),
-            Err(e) => Err(format!(
-                "{what}: {} (expected {})",
-                errname(e),
-                errname(want)
-            )),
-            Ok(v) => Err(format!(
-                "{what}: succeeded with {v:?} (expected {})",
-                errname(want)
-            )),
-        },
-    );
+    ktap::result(what, crate::attach::want_err(what, got, want));
 }
 
 /// Every kind of bad input gets its documented errno and changes nothing.

@@ -497,6 +497,16 @@ impl Run<'_> {
         self.vms.iter_mut().map(|v| v.stats()).collect()
     }
 
+    /// Every L2's statistics now, less `before`.
+    fn stats_since(&mut self, before: &[Stats]) -> Result<Vec<Stats>, String> {
+        Ok(self
+            .stats()?
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.since(b))
+            .collect())
+    }
+
     /// Sends `cmd` to every L2, then collects their replies.
     fn all(&mut self, cmd: &str) -> Result<Vec<HashMap<String, u64>>, String> {
         for v in &mut self.vms {
@@ -553,12 +563,7 @@ impl Run<'_> {
         let k = KsmRun::start(rate)?;
         k.wait_merged(MERGE_TIMEOUT)?;
         let k = k.stop()?;
-        let d: Vec<Stats> = self
-            .stats()?
-            .iter()
-            .zip(&s0)
-            .map(|(a, b)| a.since(b))
-            .collect();
+        let d = self.stats_since(&s0)?;
         self.record(workload, RATES[rate].0, rep, &[], &d, k.wall_ms, k);
         Ok(())
     }
@@ -569,12 +574,7 @@ impl Run<'_> {
         let t0 = Instant::now();
         let r = self.all(cmd)?;
         let wall = ms(t0.elapsed());
-        let d: Vec<Stats> = self
-            .stats()?
-            .iter()
-            .zip(&s0)
-            .map(|(a, b)| a.since(b))
-            .collect();
+        let d = self.stats_since(&s0)?;
         self.record(workload, RATES[rate].0, rep, &r, &d, wall, Ksm::default());
         Ok(())
     }
@@ -611,12 +611,7 @@ impl Run<'_> {
             .map(|v| v.reply("readloop", CMD_TIMEOUT))
             .collect::<Result<_, _>>()?;
         let wall = ms(t0.elapsed());
-        let d: Vec<Stats> = self
-            .stats()?
-            .iter()
-            .zip(&s1)
-            .map(|(a, b)| a.since(b))
-            .collect();
+        let d = self.stats_since(&s1)?;
         self.record("read", RATES[rate].0, rep, &r, &d, wall, k);
         Ok(())
     }
@@ -629,12 +624,7 @@ impl Run<'_> {
         let r = self.all(&format!("build {}", self.conf.build))?;
         let k = k.stop()?;
         let wall = ms(t0.elapsed());
-        let d: Vec<Stats> = self
-            .stats()?
-            .iter()
-            .zip(&s0)
-            .map(|(a, b)| a.since(b))
-            .collect();
+        let d = self.stats_since(&s0)?;
         self.record("build", RATES[rate].0, rep, &r, &d, wall, k);
         Ok(())
     }
