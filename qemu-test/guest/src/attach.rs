@@ -17,12 +17,6 @@ fn dir_exists(id: u64) -> bool {
     std::path::Path::new(&format!("{DEBUGFS}/{id}")).exists()
 }
 
-fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
-    check(got == want, || {
-        format!("{what}: got {got}, expected {want}")
-    })
-}
-
 pub(crate) fn want_err<T: std::fmt::Debug>(
     what: &str,
     r: Result<T, Errno>,

@@ -42,12 +42,6 @@ fn delta(a: &Stats, b: &Stats) -> Stats {
     d
 }
 
-fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
-    check(got == want, || {
-        format!("{what}: got {got}, expected {want}")
-    })
-}
-
 /// One row of the results: what a phase cost the secondary MMU.
 pub struct Row {
     pub phase: String,

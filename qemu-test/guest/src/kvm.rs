@@ -149,11 +149,6 @@ const L2_CODE: &[u8] = &[
     0xeb, 0x88,                         // jmp start (0x00)
 ];
 
-pub(crate) fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
-    check(got == want, || {
-        format!("{what}: got {got}, expected {want}")
-    })
-}
 
 pub(crate) fn read_trimmed(path: &str) -> Result<String, String> {
     fs::read_to_string(path)

@@ -28,8 +28,8 @@
 use crate::ksm;
 use crate::ktap;
 use crate::kvm::{
-    compaction_off, eq, ksm_reset, load_kvm, merge, page_word, pattern, run_restoring,
-    set_change_pte, set_page_word, Slot1, Vm, SLOT1_GPA, WORD,
+    compaction_off, ksm_reset, load_kvm, merge, page_word, pattern, run_restoring, set_change_pte,
+    set_page_word, Slot1, Vm, SLOT1_GPA, WORD,
 };
 use crate::mem::{Mapping, PAGE};
 use crate::util::*;

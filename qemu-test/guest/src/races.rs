@@ -77,12 +77,6 @@ fn close_during_faults() -> Result<(), String> {
     Ok(())
 }
 
-fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
-    check(got == want, || {
-        format!("{what}: got {got}, expected {want}")
-    })
-}
-
 /// Load, let processes attach and fault (some exit without closing), unload; 10 times.
 fn load_unload_attaching() -> Result<(), String> {
     ensure_unloaded()?;

@@ -82,6 +82,13 @@ pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
+/// Fails with "WHAT: got GOT, expected WANT" unless `got == want`: counters are asserted exactly.
+pub fn eq(what: &str, got: u64, want: u64) -> Result<(), String> {
+    check(got == want, || {
+        format!("{what}: got {got}, expected {want}")
+    })
+}
+
 /// A pipe: `[read end, write end]`.
 pub fn pipe() -> Result<[i32; 2], String> {
     let mut fds = [0i32; 2];
