@@ -4,7 +4,7 @@
 //!
 //! The global counters are summed when read, over the attachments alive ([`REGISTRY`]) plus what
 //! the ones gone left behind, so a `global/` file is exact without an atomic operation in the
-//! callbacks.
+//! callbacks. `zap_hold_max_ns` is a maximum, not a sum: the largest of the attachments'.
 //!
 //! # Locking
 //!
@@ -52,7 +52,7 @@ pub(crate) fn init() {
 }
 
 /// The global counters: every counter summed over the attachments alive, plus the event
-/// counters of those gone.
+/// counters of those gone (`zap_hold_max_ns`: the largest, theirs included).
 pub(crate) fn global() -> Counters {
     let registry = REGISTRY.lock();
     let mut sum = registry.retired;
@@ -116,7 +116,7 @@ impl Drop for Registered {
             // dropped, and the module can only be unloaded once no attachment is left.
             registry.live = KVec::new();
         }
-        // The gauges describe a table, and this one is gone: only the events stay.
+        // The gauges describe a table, and this one is gone: the events and the maximum stay.
         let mut gone = self.0.counters();
         gone.set(Counter::present, 0);
         gone.set(Counter::table_pages, 0);

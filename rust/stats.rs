@@ -3,7 +3,7 @@
 //! The counters: their names, one set of values, and their debugfs files.
 //!
 //! Every counter is documented in `Documentation/debugfs.rst`, with when it moves. Event counters
-//! only grow; `present` and `table_pages` are gauges.
+//! only grow; `present` and `table_pages` are gauges, `zap_hold_max_ns` a maximum.
 //!
 //! This file knows nothing of who keeps counters. An attachment keeps its [`Counters`] as plain
 //! integers in its `mirror::State`, updated with the table's lock held, which every callback
@@ -87,6 +87,8 @@ counters!(
     invalidate_ns,
     change_pte_ns,
     invalidate_nonblock,
+    zap_chunks,
+    zap_hold_max_ns,
 );
 
 impl Counters {
@@ -110,10 +112,21 @@ impl Counters {
         self.values[c as usize] = v;
     }
 
-    /// Adds every counter of `other` to ours.
+    /// Raises a maximum to `v` if `v` is larger.
+    #[inline]
+    pub(crate) fn raise_max(&mut self, c: Counter, v: u64) {
+        let m = &mut self.values[c as usize];
+        *m = (*m).max(v);
+    }
+
+    /// Adds every counter of `other` to ours; a maximum becomes the larger of the two.
     pub(crate) fn add_all(&mut self, other: &Counters) {
-        for (v, o) in self.values.iter_mut().zip(other.values.iter()) {
-            *v = v.wrapping_add(*o);
+        for (i, (v, o)) in self.values.iter_mut().zip(other.values.iter()).enumerate() {
+            *v = if i == Counter::zap_hold_max_ns as usize {
+                (*v).max(*o)
+            } else {
+                v.wrapping_add(*o)
+            };
         }
     }
 }

@@ -249,6 +249,12 @@ pub(crate) struct Zapped {
     pub(crate) entries: u64,
 }
 
+/// How much a [`Table::zap_some`] walk may still clear, and where it stopped.
+struct Budget {
+    left: usize,
+    resume: Option<usize>,
+}
+
 /// The secondary page table of one attachment.
 ///
 /// # Invariants
@@ -437,31 +443,61 @@ impl Table {
     /// Clears every entry in `[start, end)`. Visits only tables with present entries, and frees
     /// none: see [`Table::prune`].
     pub(crate) fn zap(&mut self, start: usize, end: usize) -> Zapped {
-        let entries = Self::zap_node(&mut self.root, LEVELS - 1, 0, start, end);
-        self.present -= entries as u64;
-        Zapped {
-            entries: entries as u64,
-        }
+        self.zap_some(start, end, usize::MAX).0
     }
 
-    /// Zaps `[start, end)` in `node`, a table of level `level` whose first slot maps `base`;
-    /// returns the entries cleared.
-    fn zap_node(node: &mut Node, level: usize, base: usize, start: usize, end: usize) -> usize {
+    /// Clears the entries in `[start, end)` in address order until at least `budget` leaf slots
+    /// were looked at, finishing the leaf table where that happens; returns what was cleared and
+    /// where the rest of the range begins (`end` if nothing is left). One walk, visiting only
+    /// tables with present entries, and in a leaf only up to its last present entry: a caller
+    /// that drops a lock between calls bounds each hold by `budget` slots plus one leaf table
+    /// (and the directory levels above them), however sparse or large the range.
+    pub(crate) fn zap_some(&mut self, start: usize, end: usize, budget: usize) -> (Zapped, usize) {
+        let mut budget = Budget {
+            left: budget.max(1),
+            resume: None,
+        };
+        let entries = Self::zap_node(&mut self.root, LEVELS - 1, 0, start, end, &mut budget);
+        self.present -= entries as u64;
+        let zapped = Zapped {
+            entries: entries as u64,
+        };
+        (zapped, budget.resume.map_or(end, |r| r.min(end)))
+    }
+
+    /// Zaps `[start, end)` in `node`, a table of level `level` whose first slot maps `base`,
+    /// until `budget` runs out; returns the entries cleared.
+    fn zap_node(
+        node: &mut Node,
+        level: usize,
+        base: usize,
+        start: usize,
+        end: usize,
+        budget: &mut Budget,
+    ) -> usize {
         let span = slot_span(level);
         let (first, last) = slot_range(span, base, start, end);
         let mut cleared = 0;
         match &mut node.slots {
             Slots::Leaf(slots) => {
+                let mut scanned = 0;
                 for slot in slots.iter_mut().take(last).skip(first) {
                     if cleared == node.present {
                         break;
                     }
+                    scanned += 1;
                     if Entry(*slot).present() {
                         *slot = 0;
                         cleared += 1;
                     }
                 }
                 node.count -= cleared;
+                // The budget pays for the slots looked at, not only for the entries cleared: a
+                // leaf whose one entry is its last slot costs 512.
+                budget.left = budget.left.saturating_sub(scanned);
+                if budget.left == 0 {
+                    budget.resume = Some(base + last * span);
+                }
             }
             Slots::Dir(slots) => {
                 let live = &mut node.live;
@@ -469,12 +505,13 @@ impl Table {
                 for_each_live(&live.clone(), first, last, |i| {
                     // A live slot holds a child (the invariant); `cleared` only grows.
                     if let Some(child) = slots[i].as_deref_mut() {
-                        cleared += Self::zap_node(child, level - 1, base + i * span, start, end);
+                        cleared +=
+                            Self::zap_node(child, level - 1, base + i * span, start, end, budget);
                         if child.present == 0 {
                             clear_live(live, i);
                         }
                     }
-                    cleared < present
+                    cleared < present && budget.resume.is_none()
                 });
             }
         }
@@ -612,6 +649,48 @@ mod tests {
             assert_eq!(t.lookup(addr), entry(i + 1));
             assert!(!t.lookup(addr + PAGE).present() || addr + PAGE == cases[1].0);
         }
+        Ok(())
+    }
+
+    /// `zap_some` stops after the leaf table in which its budget ran out and says where to go
+    /// on; a sparse range costs one call, however large.
+    #[test]
+    fn zap_some() -> Result {
+        let leaf = slot_span(1);
+        let dir1 = slot_span(2);
+        let big = 4 * dir1;
+        let a = [5 * PAGE, leaf + 3 * PAGE, dir1 + 7 * leaf];
+        let mut t = table_with(&a)?;
+        assert_eq!(t.zap_some(0, big, 1).1, leaf);
+        assert_eq!(t.present(), 2);
+        let (z, next) = t.zap_some(leaf, big, 1);
+        assert_eq!((z.entries, next), (1, 2 * leaf));
+        let (z, next) = t.zap_some(next, big, 5);
+        assert_eq!((z.entries, next, t.present()), (1, big, 0));
+        // 6 + 4 + 1 slots looked at: a budget of 100 clears all three in one call.
+        let mut t = table_with(&a)?;
+        let (z, next) = t.zap_some(0, big, 100);
+        assert_eq!((z.entries, next), (3, big));
+        // Dense: 1024 entries in two leaves, a budget of 100 finishes a leaf per call.
+        let mut dense = KVec::with_capacity(1024, GFP_KERNEL)?;
+        for i in 0..1024 {
+            dense.push(i * PAGE, GFP_KERNEL)?;
+        }
+        let mut t = table_with(&dense)?;
+        let (z, next) = t.zap_some(0, big, 100);
+        assert_eq!((z.entries, next), (512, leaf));
+        let (z, next) = t.zap_some(next, big, 100);
+        assert_eq!((z.entries, next), (512, 2 * leaf));
+        let (z, next) = t.zap_some(next, big, 100);
+        assert_eq!((z.entries, next, t.present()), (0, big, 0));
+        // One entry in the last slot of each of 4 leaves: each costs 512 slots, so a budget of
+        // 1000 ends after the second leaf. Unaligned bounds clip the first and the last leaf.
+        let last: [usize; 4] = [1, 2, 3, 4].map(|i| i * leaf - PAGE);
+        let mut t = table_with(&last)?;
+        let (z, next) = t.zap_some(PAGE, big, 1000);
+        assert_eq!((z.entries, next), (2, 2 * leaf));
+        let (z, next) = t.zap_some(next, 4 * leaf - 2 * PAGE, 1000);
+        assert_eq!((z.entries, next, t.present()), (1, 4 * leaf - 2 * PAGE, 1));
         Ok(())
     }
 

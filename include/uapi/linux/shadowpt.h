@@ -309,6 +309,12 @@ struct shadowpt_snapshot {
  * @change_pte_ns: out: nanoseconds spent in ``change_pte`` (likewise)
  * @invalidate_nonblock: out: ``invalidate_range_start`` calls that must
  *	not sleep (the OOM reaper)
+ * @zap_chunks: out: holds of the table's lock that zapped entries of an
+ *	invalidated range larger than 16 MiB, which is zapped 4096 leaf slots'
+ *	worth (and the rest of a leaf table) per hold
+ * @zap_hold_max_ns: out: the longest hold of the table's lock by those
+ *	invalidations and by ``release`` (which swaps the whole table out), in
+ *	nanoseconds: a maximum since attach
  *
  * The counters of ``/sys/kernel/debug/shadowpt/<id>/``, in the same order,
  * read under the table's lock (a consistent snapshot):
@@ -333,6 +339,8 @@ struct shadowpt_stats {
 	__u64 invalidate_ns;
 	__u64 change_pte_ns;
 	__u64 invalidate_nonblock;
+	__u64 zap_chunks;
+	__u64 zap_hold_max_ns;
 };
 
 #endif /* _UAPI_LINUX_SHADOWPT_H */

@@ -11,6 +11,7 @@ mod bench;
 mod cptest;
 mod dirty;
 mod fuzz;
+mod hugezap;
 mod ksm;
 mod ksmproof;
 mod ktap;
@@ -71,6 +72,10 @@ const TESTS: &[Test] = &[
     Test {
         name: "mirror_attach",
         run: attach::attach,
+    },
+    Test {
+        name: "mirror_huge_zap",
+        run: hugezap::huge_zap,
     },
     Test {
         name: "mirror_dirty",

@@ -36,7 +36,7 @@ pub type Snapshot = abi::shadowpt_snapshot;
 pub type Stats = abi::shadowpt_stats;
 
 /// Counter names in ABI order, as debugfs names its files.
-pub const COUNTERS: [&str; 16] = [
+pub const COUNTERS: [&str; 18] = [
     "faults",
     "fault_retries",
     "invalidate_start",
@@ -53,10 +53,12 @@ pub const COUNTERS: [&str; 16] = [
     "invalidate_ns",
     "change_pte_ns",
     "invalidate_nonblock",
+    "zap_chunks",
+    "zap_hold_max_ns",
 ];
 
 impl Stats {
-    pub fn values(&self) -> [u64; 16] {
+    pub fn values(&self) -> [u64; 18] {
         [
             self.faults,
             self.fault_retries,
@@ -74,6 +76,8 @@ impl Stats {
             self.invalidate_ns,
             self.change_pte_ns,
             self.invalidate_nonblock,
+            self.zap_chunks,
+            self.zap_hold_max_ns,
         ]
     }
 }
