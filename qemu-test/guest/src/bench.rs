@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 /// Repetitions of the KSM-cost experiment: its spread is that of ksmd's scans.
 const KSM_REPS: usize = 10;
+/// Repetitions of KSM's cost with a KVM guest (each boots an L2 and faults in its N pages).
+const KVM_KSM_REPS: usize = 5;
 
 fn us(t: Instant) -> u128 {
     t.elapsed().as_micros()
@@ -32,12 +34,12 @@ fn fill_same(m: &Mapping, g: u8) {
 }
 
 /// What one KSM merge cost.
-struct MergeCost {
-    wall: Duration,
+pub(crate) struct MergeCost {
+    pub(crate) wall: Duration,
     /// ksmd's CPU time.
-    ksmd_ns: u64,
-    full_scans: u64,
-    pages_scanned: u64,
+    pub(crate) ksmd_ns: u64,
+    pub(crate) full_scans: u64,
+    pub(crate) pages_scanned: u64,
 }
 
 /// ksmd's pid.
@@ -82,7 +84,7 @@ pub(crate) fn cpu_ns(pid: libc::pid_t) -> Result<u64, String> {
 /// one batch; the 20 ms sleep between batches lets `ksm::run_until` (which polls every 5 ms)
 /// stop ksmd (`run` = 0) before the next scan once the merge is done (two full scans: the first records checksums). Its CPU
 /// time then covers the same scans in every run, mirror or not.
-fn merge(m: &Mapping, total: usize) -> Result<MergeCost, String> {
+pub(crate) fn merge(m: &Mapping, total: usize) -> Result<MergeCost, String> {
     ksm::reset(total)?;
     ksm::write("max_page_sharing", &(total + 2).to_string())?;
     ksm::write("sleep_millisecs", "20")?;
@@ -266,6 +268,69 @@ fn reload(timed: bool) -> Result<(), String> {
         ],
     )?;
     Ok(())
+}
+
+/// The longest hold of an attachment's table lock when a fully populated 1 GiB attachment goes:
+/// by `munmap` (zapped a 16 MiB chunk per hold) and by exit (`release` swaps the table out),
+/// from the `zap_hold_max_ns` maximum (`BENCH,zap_hold,HOW,N,REP,MAX_NS,CHUNKS`). The entries
+/// map the zero page: 262,144 entries for 2 MiB of tables. The exit's attachment belongs to a
+/// child (a file is bound to the address space that opened it); its counters join the global
+/// ones when its file closes, after the module was reloaded, so the global maximum is its own.
+fn zap_hold(rep: usize) -> Result<(), String> {
+    const N: usize = 1 << 18;
+    let map = || {
+        Mapping::map(
+            N,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )
+    };
+    let m = map()?;
+    let s = Spt::open()?;
+    s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
+    s.fault(m.addr, m.len, false)?;
+    drop(m);
+    let st = s.stats()?;
+    check(
+        st.zapped == N as u64 && st.zap_chunks == (N / 4096) as u64,
+        || format!("munmap: {} zapped in {} chunks", st.zapped, st.zap_chunks),
+    )?;
+    println!(
+        "BENCH,zap_hold,munmap,{N},{rep},{},{}",
+        st.zap_hold_max_ns, st.zap_chunks
+    );
+    drop(s);
+
+    reload(false)?;
+    // SAFETY: The child only maps, attaches, faults and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let r = Spt::open().and_then(|s| {
+            let m = map()?;
+            s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;
+            s.fault(m.addr, m.len, false)?;
+            std::mem::forget((s, m));
+            Ok(())
+        });
+        // SAFETY: Leaving the child.
+        unsafe { libc::_exit(i32::from(r.is_err())) };
+    }
+    check(pid > 0, || "fork failed".into())?;
+    let mut status = 0;
+    // SAFETY: Waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    check(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        || format!("zap_hold exit child: status {status:#x}"),
+    )?;
+    let zapped = debugfs_counter("global", "zapped")?;
+    check(zapped == N as u64, || format!("exit: {zapped} zapped"))?;
+    println!(
+        "BENCH,zap_hold,exit,{N},{rep},{},{}",
+        debugfs_counter("global", "zap_hold_max_ns")?,
+        debugfs_counter("global", "zap_chunks")?
+    );
+    reload(true)
 }
 
 /// ns per zapped entry: one MADV_DONTNEED over `n` present entries; and the sparse case: a
@@ -546,6 +611,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     for rep in (0..5).filter(|_| run("zap")) {
         zap_cost(rep)?;
     }
+    for rep in (0..3).filter(|_| run("zap")) {
+        zap_hold(rep)?;
+    }
     if run("ksm") {
         // What a mirror costs ksmd, as it would be loaded: not timing itself.
         reload(false)?;
@@ -555,6 +623,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             }
         }
         reload(true)?;
+        // The same merges of a KVM guest's memory, kvm.change_pte=Y against =N.
+        let kvm_sizes: Vec<usize> = sizes.iter().copied().filter(|&n| n <= 16384).collect();
+        crate::kvm::ksm_cost(&kvm_sizes, KVM_KSM_REPS)?;
     }
     if !run("hmm") && !run("kvm") {
         println!("bench: done");

@@ -149,7 +149,6 @@ const L2_CODE: &[u8] = &[
     0xeb, 0x88,                         // jmp start (0x00)
 ];
 
-
 pub(crate) fn read_trimmed(path: &str) -> Result<String, String> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_string())
@@ -1239,11 +1238,22 @@ fn demo_table() -> Result<(), String> {
     let (y, n) = (&rows[0], &rows[1]);
     let u = |r: &Row| r.updated.map_or("-".to_string(), |v| v.to_string());
     println!("NPT faults of an L2 reading {N} pages (KVM TDP MMU on AMD NPT):");
-    println!("  {:<36} {:>14} {:>24}", "step", "change_pte=Y", "change_pte=N (mainline)");
+    println!(
+        "  {:<36} {:>14} {:>24}",
+        "step", "change_pte=Y", "change_pte=N (mainline)"
+    );
     for (step, a, b) in [
         ("first touch", y.first, n.first),
-        ("re-read after KSM merged them", y.merged_reread, n.merged_reread),
-        ("re-read after the VMM wrote them", y.cow_reread, n.cow_reread),
+        (
+            "re-read after KSM merged them",
+            y.merged_reread,
+            n.merged_reread,
+        ),
+        (
+            "re-read after the VMM wrote them",
+            y.cow_reread,
+            n.cow_reread,
+        ),
         ("L2 writes them", y.write, n.write),
     ] {
         println!("  {step:<36} {a:>14} {b:>24}");
@@ -1345,7 +1355,10 @@ pub fn bench(sizes: &[usize], reps: usize) -> Result<(), String> {
                 for keep in [true, false] {
                     let t0 = Instant::now();
                     bench_case(n, rep, keep)?;
-                    eprintln!("bench: kvm N={n} change_pte={keep} rep {rep}: {:?}", t0.elapsed());
+                    eprintln!(
+                        "bench: kvm N={n} change_pte={keep} rep {rep}: {:?}",
+                        t0.elapsed()
+                    );
                 }
             }
         }
@@ -1353,6 +1366,58 @@ pub fn bench(sizes: &[usize], reps: usize) -> Result<(), String> {
     })();
     let cleanup = saved.restore().and(unload_kvm(true));
     r.and(cleanup)
+}
+
+/// KSM's cost when the pages it merges are a KVM guest's memory: for each N and repetition, an L2
+/// reads its N pages (every page has an SPTE), then KSM merges them with the N pages and a
+/// partner page (`bench::merge`, ksmd's CPU time: instructions under `-icount`), with
+/// `kvm.change_pte=Y` (`kvm_change_pte`: SPTEs kept and updated, 2N-1 updates) and `=N`
+/// (`kvm_zap`: zapped in the flagged starts, no updates), printed as `ksm_cost` records with
+/// `calls` = KVM's change_pte updates + zaps over the merge. The update counts are asserted as in
+/// `kvm_ksm`.
+pub(crate) fn ksm_cost(sizes: &[usize], reps: usize) -> Result<(), String> {
+    run_restoring(|| {
+        compaction_off()?;
+        load_kvm(true)?;
+        for &n in sizes {
+            for rep in 0..reps {
+                for keep in [true, false] {
+                    ksm_cost_case(n, rep, keep)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn ksm_cost_case(n: usize, rep: usize, keep: bool) -> Result<(), String> {
+    let name = if keep { "kvm_change_pte" } else { "kvm_zap" };
+    let what = format!("ksm_cost {name} N={n} rep {rep}");
+    set_change_pte(keep)?;
+    ksm_reset(n + 1)?;
+    let region = Region::small(n)?;
+    region.fill(&pattern());
+    let mut vm = Vm::new(&region, true)?;
+    vm.read_pass(&format!("{what}: first touch"), &vec![pattern_word(); n])?;
+    let before = vm.counts()?;
+    let c = crate::bench::merge(&region.map, n + 1)?;
+    let d = vm.counts()?.since(&before);
+    let (updated, zapped) = (d.updated.unwrap_or(0), d.zapped.unwrap_or(0));
+    eq(
+        &format!("{what}: change_pte_updated"),
+        updated,
+        if keep { 2 * n as u64 - 1 } else { 0 },
+    )?;
+    eq(&format!("{what}: change_pte_zapped"), zapped, 0)?;
+    println!(
+        "BENCH,ksm_cost,{name},{n},{rep},{},{},{},{},{}",
+        c.wall.as_micros(),
+        c.ksmd_ns,
+        c.full_scans,
+        c.pages_scanned,
+        updated + zapped
+    );
+    vm.quit()
 }
 
 fn bench_case(n: usize, rep: usize, keep: bool) -> Result<(), String> {
