@@ -793,12 +793,30 @@ impl<'a> Vm<'a> {
         if cmd == CMD_WRITE {
             self.answer_in(PORT_ARG, arg)?;
         }
-        match self.vcpu.run() {
-            Ok(VcpuExit::IoOut(PORT_DONE, _)) => Ok(()),
-            other => Err(format!(
-                "expected the L2's out to port {PORT_DONE:#x} after command {cmd}, got {other:?}"
-            )),
+        let exit = match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(PORT_DONE, _)) => return Ok(()),
+            other => format!("{other:?}"),
+        };
+        Err(format!(
+            "expected the L2's out to port {PORT_DONE:#x} after command {cmd}, got {exit}{}",
+            self.internal_error()
+        ))
+    }
+
+    /// What `KVM_EXIT_INTERNAL_ERROR` said (suberror and data), if the last exit was one.
+    fn internal_error(&mut self) -> String {
+        let run = self.vcpu.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+            return String::new();
         }
+        // SAFETY: `internal` is the union member KVM fills for KVM_EXIT_INTERNAL_ERROR.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        format!(
+            " (suberror {}, data {:x?})",
+            internal.suberror,
+            &internal.data[..n]
+        )
     }
 
     pub(crate) fn quit(&mut self) -> Result<(), String> {
