@@ -53,7 +53,7 @@ use kernel::{
     new_spinlock,
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
-    sync::{Arc, SpinLock, SpinLockGuard},
+    sync::{aref::ARef, Arc, SpinLock, SpinLockGuard},
     time::{delay::fsleep, Delta, Instant, Monotonic},
     warn_on,
 };
@@ -164,7 +164,7 @@ impl crate::stats::Source for State {
 /// the lock and the buffer of the page lookup.
 pub(crate) struct FaultContext {
     cache: NodeCache,
-    pages: KVec<UserPage>,
+    pages: KVec<ARef<UserPage>>,
 }
 
 impl FaultContext {
@@ -329,9 +329,9 @@ impl Mirror {
     ) -> core::result::Result<(), FaultError> {
         let satisfied = |entry: Entry| entry.present() && (!write || entry.writable());
         let flags = if write {
-            gup::Flags::WRITE
+            gup::Flag::Write.into()
         } else {
-            gup::Flags::NONE
+            gup::Flags::empty()
         };
         let mut addr = start;
         while addr < end {
@@ -511,7 +511,7 @@ impl Mirror {
     pub(crate) fn snapshot(&self, addr: usize) -> Result<PageState> {
         loop {
             let seq = self.lock().seq;
-            let primary = gup::get_user_page_fast(addr, gup::Flags::NOFAULT).ok();
+            let primary = gup::get_user_page_fast(addr, gup::Flag::NoFault.into()).ok();
             let inner = self.lock();
             if inner.must_retry(seq, addr, addr + PAGE_SIZE) {
                 drop(inner);
