@@ -410,8 +410,10 @@ impl Mirror {
                     // SAFETY: `must_retry()` is false with `inner` held: no invalidation of
                     // `[first, batch_end)` has begun since `seq` was sampled, before the lookup,
                     // and none can get past its `invalidate_range_start` (which takes `inner`)
-                    // to change the primary PTEs before we unlock. So the primary page table
-                    // still maps `page` at `page_addr`.
+                    // to change the primary PTEs before we unlock; `release`, after which the
+                    // exit unmaps without invalidations, has not run (`dead` is false, checked
+                    // under this `inner`). So the primary page table still maps `page` at
+                    // `page_addr`.
                     unsafe { page.mark_dirty() };
                 }
                 installed += 1;
