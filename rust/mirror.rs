@@ -55,7 +55,7 @@ use kernel::{
     new_spinlock,
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
-    sync::{Arc, SpinLock, SpinLockGuard},
+    sync::{aref::ARef, Arc, SpinLock, SpinLockGuard},
     task::might_sleep,
     time::{delay::fsleep, Delta, Instant, Monotonic},
     warn_on,
@@ -183,7 +183,7 @@ impl crate::stats::Source for State {
 /// the lock and the buffer of the page lookup.
 pub(crate) struct FaultContext {
     cache: NodeCache,
-    pages: KVec<UserPage>,
+    pages: KVec<ARef<UserPage>>,
 }
 
 impl FaultContext {
@@ -348,9 +348,9 @@ impl Mirror {
     ) -> core::result::Result<(), FaultError> {
         let satisfied = |entry: Entry| entry.present() && (!write || entry.writable());
         let flags = if write {
-            gup::Flags::WRITE
+            gup::Flag::Write.into()
         } else {
-            gup::Flags::NONE
+            gup::Flags::empty()
         };
         let mut addr = start;
         while addr < end {
@@ -429,8 +429,10 @@ impl Mirror {
                     // SAFETY: `must_retry()` is false with `inner` held: no invalidation of
                     // `[first, batch_end)` has begun since `seq` was sampled, before the lookup,
                     // and none can get past its `invalidate_range_start` (which takes `inner`)
-                    // to change the primary PTEs before we unlock. So the primary page table
-                    // still maps `page` at `page_addr`.
+                    // to change the primary PTEs before we unlock; `release`, after which the
+                    // exit unmaps without invalidations, has not run (`dead` is false, checked
+                    // under this `inner`). So the primary page table still maps `page` at
+                    // `page_addr`.
                     unsafe { page.mark_dirty() };
                 }
                 installed += 1;
@@ -530,7 +532,7 @@ impl Mirror {
     pub(crate) fn snapshot(&self, addr: usize) -> Result<PageState> {
         loop {
             let seq = self.lock().seq;
-            let primary = gup::get_user_page_fast(addr, gup::Flags::NOFAULT).ok();
+            let primary = gup::get_user_page_fast(addr, gup::Flag::NoFault.into()).ok();
             let inner = self.lock();
             if inner.must_retry(seq, addr, addr + PAGE_SIZE) {
                 drop(inner);

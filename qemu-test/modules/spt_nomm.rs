@@ -36,7 +36,7 @@ impl kernel::Module for NoMm {
         let answer = Arc::new(Atomic::new(PENDING), GFP_KERNEL)?;
         let worker_answer = answer.clone();
         workqueue::system().try_spawn(GFP_KERNEL, move || {
-            let errno = match gup::get_user_page_fast(0x10000, gup::Flags::NONE) {
+            let errno = match gup::get_user_page_fast(0x10000, gup::Flags::empty()) {
                 Ok(_) => 0,
                 Err(e) => e.to_errno(),
             };

@@ -249,7 +249,8 @@ struct shadowpt_rw {
  * ``SHADOWPT_PAGE_PFN_MATCH``
  *	present, primary, and both map the same page frame
  * ``SHADOWPT_PAGE_ZERO``
- *	the entry maps the shared zero page
+ *	the entry maps the shared zero page (not set for a page of the huge
+ *	zero folio, which a read fault may map where THP is enabled)
  */
 #define SHADOWPT_PAGE_PRESENT	(1U << 0)
 #define SHADOWPT_PAGE_WRITABLE	(1U << 1)
