@@ -1393,14 +1393,18 @@ pub fn bench(sizes: &[usize], reps: usize) -> Result<(), String> {
 /// (`kvm_zap`: zapped in the flagged starts, no updates), printed as `ksm_cost` records with
 /// `calls` = KVM's change_pte updates + zaps over the merge. The update counts are asserted as in
 /// `kvm_ksm`.
-pub(crate) fn ksm_cost(sizes: &[usize], reps: usize) -> Result<(), String> {
+///
+/// `label`, if not empty, goes into the mode names (`kvm_LABEL_change_pte`): `make bench`'s
+/// `BENCH_KVM_BEFORE` boot measures another KVM (the series' KVM patches of an older commit,
+/// built as modules against this kernel) under the label `before`.
+pub(crate) fn ksm_cost(sizes: &[usize], reps: usize, label: &str) -> Result<(), String> {
     run_restoring(|| {
         compaction_off()?;
         load_kvm(true)?;
         for &n in sizes {
             for rep in 0..reps {
                 for keep in [true, false] {
-                    ksm_cost_case(n, rep, keep)?;
+                    ksm_cost_case(n, rep, keep, label)?;
                 }
             }
         }
@@ -1408,8 +1412,12 @@ pub(crate) fn ksm_cost(sizes: &[usize], reps: usize) -> Result<(), String> {
     })
 }
 
-fn ksm_cost_case(n: usize, rep: usize, keep: bool) -> Result<(), String> {
-    let name = if keep { "kvm_change_pte" } else { "kvm_zap" };
+fn ksm_cost_case(n: usize, rep: usize, keep: bool, label: &str) -> Result<(), String> {
+    let name = format!(
+        "kvm_{}{}",
+        if label.is_empty() { String::new() } else { format!("{label}_") },
+        if keep { "change_pte" } else { "zap" }
+    );
     let what = format!("ksm_cost {name} N={n} rep {rep}");
     set_change_pte(keep)?;
     ksm_reset(n + 1)?;
