@@ -26,7 +26,7 @@
 use crate::{
     debugfs,
     global::Registered,
-    mirror::{pages, FaultContext, Mirror, Mode, State, READ_BATCH},
+    mirror::{pages, FaultContext, Mirror, Mode, State},
     table::{leaf_end, ADDRESS_LIMIT},
     uapi,
 };
@@ -174,17 +174,16 @@ fn populate_ahead(
 /// `READ`: copies `[req.addr, req.addr + req.length)` to `req.buf` through the table, faulting
 /// in what is missing; returns the faults taken.
 ///
-/// Through a bounce buffer of [`READ_BATCH`] pages: faults a leaf table's span at a time (what
-/// the span lacks: one lookup for the run), then copies the bytes of up to [`READ_BATCH`]
-/// present pages out of the pages their entries map into the bounce buffer under one hold of
-/// the table's lock ([`Mirror::read`], which faults a page alone where its entry is missing
-/// after all, and reports its error), and then, with no lock and no page reference held, to
-/// user space in one copy. That copy may fault on the
+/// Page by page through a bounce buffer, the mirror of `WRITE`: faults a leaf table's span at a
+/// time (what the span lacks: one lookup for the run), then copies each page's bytes out of the
+/// page its entry maps into the bounce buffer under the table's lock ([`Mirror::read`], which
+/// faults the page alone where the entry is missing after all, and reports its error), and
+/// then, with no lock and no page reference held, to user space. That copy may fault on the
 /// destination and block for as long as the destination takes (a userfaultfd or FUSE-backed
 /// buffer): meanwhile the mirrored pages can migrate, be compacted or go offline.
 fn read_pages(mirror: &Mirror, req: &uapi::Rw) -> Result<u64> {
     let mut writer = UserSlice::new(UserPtr::from_addr(req.buf), req.length).writer();
-    let mut bounce = KVec::from_elem(0u8, READ_BATCH * PAGE_SIZE, GFP_KERNEL)?;
+    let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
     let mut ctx = FaultContext::new();
     let mut faults = 0u64;
     let mut addr = req.addr;
@@ -193,6 +192,8 @@ fn read_pages(mirror: &Mirror, req: &uapi::Rw) -> Result<u64> {
     // The first page of the request starts a batch, even where `req.addr` is not page aligned.
     let mut populated_to = addr & !(PAGE_SIZE - 1);
     while addr < end {
+        let chunk = core::cmp::min(end - addr, PAGE_SIZE - addr % PAGE_SIZE);
+        let buf = &mut bounce[..chunk];
         let page = addr & !(PAGE_SIZE - 1);
         populate_ahead(
             mirror,
@@ -203,11 +204,9 @@ fn read_pages(mirror: &Mirror, req: &uapi::Rw) -> Result<u64> {
             &mut ctx,
             &mut faults,
         );
-        let want = core::cmp::min(end - addr, bounce.len() - addr % PAGE_SIZE);
-        let (copied, f) = mirror.read(addr, &mut bounce[..want], &mut ctx)?;
-        faults += f;
-        writer.write_slice(&bounce[..copied])?;
-        addr += copied;
+        faults += mirror.read(addr, buf, &mut ctx)?;
+        writer.write_slice(buf)?;
+        addr += chunk;
     }
     Ok(faults)
 }

@@ -72,10 +72,6 @@ use kernel::{
 /// without preemption would need here.
 const ZAP_CHUNK: usize = 16 << 20;
 
-/// The most pages one `READ` copies out under one hold of the table's lock, into its bounce
-/// buffer (64 KiB), before one copy to user space.
-pub(crate) const READ_BATCH: usize = 16;
-
 /// Invalidation mode of an attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -430,14 +426,13 @@ impl Mirror {
                     .install(page_addr, entry, &mut ctx.cache)
                     .map_err(|e| FaultError::at(page_addr, e))?;
                 if write && !cfg!(shadowpt_break = "no_dirty") {
-                    // SAFETY: `write`: the batch was looked up with `Flag::Write`, so the process
-                    // mapped `page` writable. `must_retry()` is false with `inner` held: no
-                    // invalidation of `[first, batch_end)` is in progress and none has ended
-                    // since `seq` was sampled, before the lookup, and none can get past its
-                    // `invalidate_range_start` (which takes `inner`) to change the primary PTEs
-                    // before we unlock; `release`, after which the exit unmaps without
-                    // invalidations, has not run (`dead` is false, checked under this `inner`).
-                    // So the primary page table still maps `page` writable at `page_addr`.
+                    // SAFETY: `must_retry()` is false with `inner` held: no invalidation of
+                    // `[first, batch_end)` has begun since `seq` was sampled, before the lookup,
+                    // and none can get past its `invalidate_range_start` (which takes `inner`)
+                    // to change the primary PTEs before we unlock; `release`, after which the
+                    // exit unmaps without invalidations, has not run (`dead` is false, checked
+                    // under this `inner`). So the primary page table still maps `page` at
+                    // `page_addr`.
                     unsafe { page.mark_dirty() };
                 }
                 installed += 1;
@@ -463,22 +458,16 @@ impl Mirror {
     }
 
     /// Copies the bytes at `addr` out of the attachment through the table into `buf`
-    /// (`addr..addr + buf.len()` must lie inside the attachment), under one hold of `inner`, for
-    /// as long as the entries are present; the entry of the first page is faulted in first if it
-    /// is absent. Returns the bytes copied (at least those of the first page, up to `buf.len()`)
-    /// and the faults taken. Callers bound `buf` (`READ` copies at most [`READ_BATCH`] pages per
-    /// call), which bounds the hold.
+    /// (`addr..addr + buf.len()` must lie in one page and inside the attachment), faulting the
+    /// entry in first if it is absent. Returns the number of faults taken.
     ///
-    /// The copy is to kernel memory, under `inner`, which keeps the frames from being freed for
+    /// The copy is to kernel memory, under `inner`, which keeps the frame from being freed for
     /// the copy: no page reference is taken, and none is held when the caller then copies `buf`
     /// to user space, which may block for as long as the destination takes to resolve (a
     /// userfaultfd or FUSE-backed buffer) without keeping a mirrored page from migrating.
-    pub(crate) fn read(
-        &self,
-        addr: usize,
-        buf: &mut [u8],
-        ctx: &mut FaultContext,
-    ) -> Result<(usize, u64)> {
+    pub(crate) fn read(&self, addr: usize, buf: &mut [u8], ctx: &mut FaultContext) -> Result<u64> {
+        let page_addr = addr & !(PAGE_SIZE - 1);
+        let offset = addr - page_addr;
         let mut faults = 0;
         loop {
             {
@@ -486,31 +475,18 @@ impl Mirror {
                 if inner.dead {
                     return Err(ENXIO);
                 }
-                let mut copied = 0;
-                while copied < buf.len() {
-                    let at = addr + copied;
-                    let page_addr = at & !(PAGE_SIZE - 1);
-                    let entry = inner.table.lookup(page_addr);
-                    if !entry.present() {
-                        break;
-                    }
-                    let offset = at - page_addr;
-                    let chunk = core::cmp::min(buf.len() - copied, PAGE_SIZE - offset);
+                let entry = inner.table.lookup(page_addr);
+                if entry.present() {
                     // SAFETY: The entry is present and `inner` is held: by the type invariant
                     // its frame stays allocated to the process's mapping until an invalidation
                     // zaps the entry or a `change_pte` moves it, and both need `inner`, which we
                     // hold for the whole copy.
-                    unsafe {
-                        gup::copy_from_pfn(entry.pfn(), offset, &mut buf[copied..copied + chunk])?
-                    };
+                    unsafe { gup::copy_from_pfn(entry.pfn(), offset, buf)? };
                     inner.table.update(page_addr, |e| e.touched(false));
-                    copied += chunk;
-                }
-                if copied > 0 {
-                    return Ok((copied, faults));
+                    return Ok(faults);
                 }
             }
-            if self.fault(addr & !(PAGE_SIZE - 1), false, ctx)? {
+            if self.fault(page_addr, false, ctx)? {
                 faults += 1;
             }
         }
