@@ -1396,7 +1396,8 @@ pub fn bench(sizes: &[usize], reps: usize) -> Result<(), String> {
 ///
 /// `label`, if not empty, goes into the mode names (`kvm_LABEL_change_pte`): `make bench`'s
 /// `BENCH_KVM_BEFORE` boot measures another KVM (the series' KVM patches of an older commit,
-/// built as modules against this kernel) under the label `before`.
+/// built as modules against this kernel) under the label `before`, whose update counts are
+/// printed instead of asserted.
 pub(crate) fn ksm_cost(sizes: &[usize], reps: usize, label: &str) -> Result<(), String> {
     run_restoring(|| {
         compaction_off()?;
@@ -1415,7 +1416,11 @@ pub(crate) fn ksm_cost(sizes: &[usize], reps: usize, label: &str) -> Result<(), 
 fn ksm_cost_case(n: usize, rep: usize, keep: bool, label: &str) -> Result<(), String> {
     let name = format!(
         "kvm_{}{}",
-        if label.is_empty() { String::new() } else { format!("{label}_") },
+        if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label}_")
+        },
         if keep { "change_pte" } else { "zap" }
     );
     let what = format!("ksm_cost {name} N={n} rep {rep}");
@@ -1429,12 +1434,18 @@ fn ksm_cost_case(n: usize, rep: usize, keep: bool, label: &str) -> Result<(), St
     let c = crate::bench::merge(&region.map, n + 1)?;
     let d = vm.counts()?.since(&before);
     let (updated, zapped) = (d.updated.unwrap_or(0), d.zapped.unwrap_or(0));
-    eq(
-        &format!("{what}: change_pte_updated"),
-        updated,
-        if keep { 2 * n as u64 - 1 } else { 0 },
-    )?;
-    eq(&format!("{what}: change_pte_zapped"), zapped, 0)?;
+    if label.is_empty() {
+        eq(
+            &format!("{what}: change_pte_updated"),
+            updated,
+            if keep { 2 * n as u64 - 1 } else { 0 },
+        )?;
+        eq(&format!("{what}: change_pte_zapped"), zapped, 0)?;
+    } else {
+        // Another KVM (BENCH_KVM_BEFORE) is measured as it behaves: its counts are reported,
+        // not judged by this KVM's rules.
+        println!("{what}: change_pte_updated {updated}, change_pte_zapped {zapped}");
+    }
     println!(
         "BENCH,ksm_cost,{name},{n},{rep},{},{},{},{},{}",
         c.wall.as_micros(),
