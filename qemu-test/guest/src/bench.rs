@@ -277,14 +277,7 @@ fn reload(timed: bool) -> Result<(), String> {
 /// child (a file is bound to the address space that opened it); its counters join the global
 /// ones when its file closes, after the module was reloaded, so the global maximum is its own.
 fn zap_hold(rep: usize) -> Result<(), String> {
-    const N: usize = 1 << 18;
-    let map = || {
-        Mapping::map(
-            N,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-        )
-    };
+    use crate::hugezap::{map, N};
     let m = map()?;
     let s = Spt::open()?;
     s.attach(m.addr, m.len, MODE_CHANGE_PTE)?;

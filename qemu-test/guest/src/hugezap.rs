@@ -17,12 +17,12 @@ use crate::spt::*;
 use crate::util::*;
 
 /// Pages of the attachment: 1 GiB.
-const N: usize = 1 << 18;
+pub(crate) const N: usize = 1 << 18;
 /// Pages per chunk (`ZAP_CHUNK` in `rust/mirror.rs`).
 const CHUNK: usize = 4096;
 
-/// Maps N pages (no swap reserved: they are never written).
-fn map() -> Result<Mapping, String> {
+/// Maps N pages (no swap reserved: they are never written; `make bench`'s `zap_hold` too).
+pub(crate) fn map() -> Result<Mapping, String> {
     Mapping::map(
         N,
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
